@@ -1,1 +1,39 @@
-"""placeholder"""
+"""The KIIAREN conformance suite: prove that a provider honours the contract.
+
+A provider's own tests subclass the ``*Conformance`` mixins and override one fixture,
+``provider``, that yields an initialised provider (function scope: lifecycle tests close it)::
+
+    # tests/test_my_provider_conformance.py
+    import pytest
+    from kiiaren_core.testing import LifecycleConformance, ExtensionsConformance
+
+    pytest_plugins = ["kiiaren_core.testing.plugin"]
+
+    class TestMyProvider(LifecycleConformance, ExtensionsConformance):
+        @pytest.fixture
+        async def provider(self):
+            async with MyProvider(...) as provider:
+                yield provider
+
+Every test makes its own users and workspaces (``make_user``, ``user``, ``workspace``), so the
+suite runs against a shared database. Tests marked ``requires_capability("presence")`` are
+skipped unless ``provider.capabilities`` declares it.
+"""
+
+import pytest
+
+pytest.register_assert_rewrite("kiiaren_core.testing.base", "kiiaren_core.testing.suites")
+
+from kiiaren_core.testing.base import ConformanceBase, TestUser, unique_email  # noqa: E402
+from kiiaren_core.testing.suites import (  # noqa: E402
+    ExtensionsConformance,
+    LifecycleConformance,
+)
+
+__all__ = [
+    "ConformanceBase",
+    "ExtensionsConformance",
+    "LifecycleConformance",
+    "TestUser",
+    "unique_email",
+]
