@@ -75,6 +75,8 @@ class SelfHostSettings(ProviderSettings):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
     smtp_ssl: bool = False
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Bound on connecting to and talking with the SMTP server, per message."""
     email_token_ttl_seconds: int = Field(default=86_400, ge=60)
     password_reset_ttl_seconds: int = Field(default=3_600, ge=60)
 
@@ -91,6 +93,8 @@ class SelfHostSettings(ProviderSettings):
     oauth_github_token_url: str = "https://github.com/login/oauth/access_token"
     oauth_github_api_url: str = "https://api.github.com"
     oauth_state_ttl_seconds: int = Field(default=600, ge=60)
+    oauth_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Bound on each request to an identity provider (token, JWKS, user info)."""
 
     # --- storage ----------------------------------------------------------------------------
     storage_backend: Literal["local", "s3"] = "local"
