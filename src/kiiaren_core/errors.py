@@ -349,7 +349,9 @@ class ProviderNotFoundError(ConfigurationError):
 
     @classmethod
     def _from_wire(cls, message: str, details: Mapping[str, Any]) -> KiiarenError:
-        return cls(str(details.get("name", "")), list(details.get("available", [])))
+        return cls(
+            str(details.get("name", "")), list(details.get("available", [])), details=details
+        )
 
 
 class ProviderUnavailableError(ConfigurationError):
@@ -408,8 +410,6 @@ def error_from_wire(
             503: BackendUnavailableError,
         }
         cls = by_status.get(http_status, KiiarenError)
-        if cls is RateLimitedError:
-            return RateLimitedError(float((details or {}).get("retry_after", 1.0)), message)
     error = cls._from_wire(message, dict(details or {}))
     # The server's text is authoritative, whatever the class would have written itself.
     error.message = message
