@@ -1,0 +1,1 @@
+"""Tests of ``kiiaren_core``, the contract package (mirrors ``src/kiiaren_core``)."""
