@@ -8,11 +8,12 @@ passed in code win over the environment. Invalid values fail at startup with a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from kiiaren_core.errors import ConfigurationError
 
@@ -61,13 +62,22 @@ def load_settings(cls: type[S], overrides: Mapping[str, Any] | None = None) -> S
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(cls.model_fields))
     if unknown:
+        plural = "s" if len(unknown) > 1 else ""
         raise ConfigurationError(
-            f"Unknown option {unknown[0]!r} for {cls.__name__}. "
+            f"Unknown option{plural} {', '.join(map(repr, unknown))} for {cls.__name__}. "
             f"Known options: {', '.join(sorted(cls.model_fields))}.",
             details={"variable": unknown[0]},
         )
     try:
         return cls(**overrides)
+    except SettingsError as exc:
+        # A value pydantic-settings must decode as JSON first (lists, tuples) and cannot.
+        found = re.search(r'field "([^"]+)"', str(exc))
+        variable = f"{prefix}{found.group(1).upper()}" if found else prefix
+        raise ConfigurationError(
+            f"Invalid configuration {variable}: the value is not valid JSON.",
+            details={"variable": variable},
+        ) from None
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else ""
