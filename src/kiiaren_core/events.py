@@ -496,8 +496,9 @@ KERNEL_EVENT_TYPES: Final[frozenset[str]] = frozenset(EVENT_CLASSES)
 EPHEMERAL_EVENT_TYPES: Final[frozenset[str]] = frozenset(
     name for name, cls in EVENT_CLASSES.items() if cls.ephemeral
 )
+# ``stream`` is the namespace of control items such as ``stream.not_recovered`` (NotRecovered).
 RESERVED_NAMESPACES: Final[frozenset[str]] = frozenset(
-    name.split(".", 1)[0] for name in KERNEL_EVENT_TYPES
+    {"stream", *(name.split(".", 1)[0] for name in KERNEL_EVENT_TYPES)}
 )
 
 KernelEvent = Annotated[
