@@ -50,6 +50,10 @@ _CHANNEL_CHARS: Final = re.compile(r"^[\w-]+$", re.UNICODE)
 _JOIN_CODE: Final = re.compile(rf"^[{JOIN_CODE_ALPHABET}]{{{JOIN_CODE_LENGTH}}}$")
 _WHITESPACE_RUN: Final = re.compile(r"\s+")
 _EMAIL: Final = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Emoji sequences use two invisible format characters: ZERO WIDTH JOINER (for example a
+# technologist, a rainbow flag) and the tag characters of subdivision flags. Other format and
+# control characters (bidi overrides, NUL, ...) stay refused.
+_EMOJI_FORMAT_CHARS: Final = frozenset({"\u200d", *map(chr, range(0xE0020, 0xE0080))})
 
 
 def validate_workspace_name(raw: str) -> str:
@@ -131,7 +135,10 @@ def validate_reaction(value: str) -> str:
     if (
         not isinstance(value, str)
         or not 1 <= len(value) <= MAX_REACTION_LENGTH
-        or any(ch.isspace() or not ch.isprintable() for ch in value)
+        or not any(ch.isprintable() for ch in value)
+        or any(
+            ch.isspace() or (not ch.isprintable() and ch not in _EMOJI_FORMAT_CHARS) for ch in value
+        )
     ):
         raise InvalidInputError("Invalid reaction.", details={"field": "value"})
     return value
