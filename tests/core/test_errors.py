@@ -76,7 +76,7 @@ DOCUMENTED: dict[type[KiiarenError], tuple[str, int, type[Exception]]] = {
 }
 
 
-# --- the table --------------------------------------------------------------------------------
+# --- the table ------------------------------------------------------------------------------------
 
 
 def test_introspection_finds_the_whole_tree() -> None:
@@ -153,7 +153,7 @@ def test_all_exports_every_error_class() -> None:
         assert cls.__name__ in errors.__all__
 
 
-# --- construction and messages ----------------------------------------------------------------
+# --- construction and messages --------------------------------------------------------------------
 
 
 def test_default_messages_keep_the_reference_strings() -> None:
@@ -276,7 +276,7 @@ def test_provider_not_found_lists_available_names_sorted() -> None:
     assert ProviderNotFoundError("x", []).message.endswith("Available providers: none.")
 
 
-# --- wire round trip ---------------------------------------------------------------------------
+# --- wire round trip ------------------------------------------------------------------------------
 
 SAMPLES: dict[type[KiiarenError], Callable[[], KiiarenError]] = {
     KiiarenError: lambda: KiiarenError("boom", details={"k": 1}),
@@ -421,7 +421,7 @@ def test_unknown_code_without_status_is_a_generic_error() -> None:
     assert rebuilt.details == {}
 
 
-# --- is_kiiaren_error ----------------------------------------------------------------------------
+# --- is_kiiaren_error -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("cls", list(SAMPLES), ids=lambda cls: cls.__name__)

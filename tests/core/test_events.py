@@ -95,7 +95,7 @@ def _wire(type_name: str, payload: dict[str, Any], **extra: Any) -> dict[str, An
     }
 
 
-# --- the kernel event table ---------------------------------------------------------------------
+# --- the kernel event table -----------------------------------------------------------------------
 
 
 def test_the_payload_table_covers_every_kernel_type() -> None:
@@ -242,7 +242,7 @@ def test_new_event_builds_typed_and_app_events() -> None:
     assert app.payload == {"x": 1}
 
 
-# --- ephemeral types ----------------------------------------------------------------------------
+# --- ephemeral types ------------------------------------------------------------------------------
 
 
 def test_presence_and_typing_are_the_ephemeral_types() -> None:

@@ -88,7 +88,7 @@ def _distribution(tmp_path: Path, dist_name: str, lines: list[str]) -> PathDistr
     return PathDistribution(info)
 
 
-# --- registration -------------------------------------------------------------------------------
+# --- registration ---------------------------------------------------------------------------------
 
 
 def test_register_and_look_up(fake_entry_points: Callable[..., None]) -> None:
@@ -136,7 +136,7 @@ def test_registering_under_an_alias_registers_the_canonical_name() -> None:
         register_provider("selfhost", other_code_factory)
 
 
-# --- lookup order and entry points ----------------------------------------------------------
+# --- lookup order and entry points ----------------------------------------------------------------
 
 
 def test_a_name_registered_in_code_wins_over_an_entry_point(
@@ -260,7 +260,7 @@ def test_the_installed_distribution_exposes_the_selfhost_entry_point() -> None:
     assert "selfhost" in available_providers()
 
 
-# --- create_provider / open_provider -------------------------------------------------------
+# --- create_provider / open_provider --------------------------------------------------------------
 
 
 @pytest.fixture

@@ -79,7 +79,7 @@ def test_sdk_settings_are_frozen() -> None:
         settings.provider = "hosted"  # type: ignore[misc]
 
 
-# --- provider settings: environment and overrides ------------------------------------------------
+# --- provider settings: environment and overrides -------------------------------------------------
 
 
 def test_selfhost_settings_work_with_an_empty_environment() -> None:
@@ -187,7 +187,7 @@ def test_one_unknown_option_is_named() -> None:
     assert error.message == "Unknown option 'providr' for KiiarenSettings. Known options: provider."
 
 
-# --- secrets ------------------------------------------------------------------------------------
+# --- secrets --------------------------------------------------------------------------------------
 
 SHORT_SECRET = "short-but-secret-31-bytes-long!"
 LONG_SECRET = "a-proper-secret-of-32-bytes-long"

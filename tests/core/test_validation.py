@@ -101,7 +101,7 @@ def test_invalid_channel_names(raw: Any) -> None:
     assert caught.value.details == {"field": "name"}
 
 
-# --- domains (reference section 7.2) --------------------------------------------------------
+# --- domains (reference section 7.2) --------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_the_longest_valid_domain_is_accepted() -> None:
         normalize_domain(too_long)
 
 
-# --- emails --------------------------------------------------------------------------------------
+# --- emails ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -210,7 +210,7 @@ def test_invalid_emails(raw: Any) -> None:
     assert caught.value.details == {"field": "email"}
 
 
-# --- join codes --------------------------------------------------------------------------------
+# --- join codes -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("value", ["ABC234", "abc234", "zzzz99", "023456"])
@@ -225,7 +225,7 @@ def test_malformed_join_codes(value: Any) -> None:
     assert is_join_code(value) is False
 
 
-# --- message bodies ---------------------------------------------------------------------------
+# --- message bodies -------------------------------------------------------------------------------
 
 
 def test_a_message_body_is_kept_as_is() -> None:
@@ -261,7 +261,7 @@ def test_a_custom_body_limit() -> None:
         validate_message_body("123456", max_bytes=5)
 
 
-# --- reactions ---------------------------------------------------------------------------------
+# --- reactions ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
