@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import TYPE_CHECKING
 
@@ -22,18 +21,6 @@ def empty_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.upper().startswith("KIIAREN_"):
             monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def selfhost() -> type[SelfHostSettings]:
-    """The self-host provider's settings class, imported lazily.
-
-    A fixture rather than a module import: a broken ``kiiaren_selfhost`` package then errors
-    the tests that need it instead of stopping the collection of every core test.
-    """
-    module = importlib.import_module("kiiaren_selfhost.settings")
-    settings_cls: type[SelfHostSettings] = module.SelfHostSettings
-    return settings_cls
 
 
 def _configuration_error(
