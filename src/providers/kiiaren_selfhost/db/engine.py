@@ -1,0 +1,352 @@
+"""Async engines for PostgreSQL (psycopg 3) and SQLite (aiosqlite), and :class:`Database`.
+
+Services use :class:`Database`::
+
+    db = Database.from_url("sqlite+aiosqlite:///./kiiaren.db")
+    async with db.write() as conn:      # one transaction: commit on success, rollback on error
+        await conn.execute(tables.channels.insert().values(...))
+    async with db.read() as conn:       # a read-only, consistent snapshot
+        rows = (await conn.execute(sa.select(tables.channels))).all()
+    await db.aclose()
+
+Both translate database exceptions into :mod:`kiiaren_core.errors` (see
+:mod:`kiiaren_selfhost.db.errors`).
+
+SQLite needs care that PostgreSQL does not:
+
+* Python's ``sqlite3`` (under aiosqlite) does not emit ``BEGIN`` before ``SELECT``, DDL or
+  ``SAVEPOINT``, which breaks transactional reads, migrations and nested transactions. As
+  SQLAlchemy documents, the driver's own transaction handling is switched off and the engine
+  emits ``BEGIN`` itself (:func:`create_engine` installs the event listeners).
+* Only one writer at a time. A deferred transaction that reads and then writes fails at once
+  with "database is locked" when another connection wrote in between (the busy timeout does
+  not apply to lock upgrades), so :meth:`Database.write` starts with ``BEGIN IMMEDIATE``: the
+  write lock is taken up front and concurrent writers wait for it (up to the timeout).
+  In-process writers additionally queue on a lock, so they wait in order instead of polling.
+* ``:memory:`` databases live in one connection (``StaticPool``) that every caller shares;
+  :class:`Database` serialises all access to it, reads included, so transactions never mix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Final, Self
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+from kiiaren_core.errors import BackendUnavailableError, ConfigurationError, ProviderClosedError
+from kiiaren_selfhost.db.errors import translate_db_errors
+
+__all__ = [
+    "DATABASE_URL_VARIABLE",
+    "Database",
+    "create_engine",
+    "is_memory_url",
+    "normalize_url",
+]
+
+DATABASE_URL_VARIABLE: Final = "KIIAREN_SELFHOST_DATABASE_URL"
+"""The environment variable that configures the database (named in configuration errors)."""
+
+# Execution options read by the SQLite "begin" listener (private to this package).
+_WRITE_OPTION: Final = "kiiaren_write"
+"""True: start the transaction with ``BEGIN IMMEDIATE`` (take the write lock now)."""
+_READ_ONLY_OPTION: Final = "kiiaren_read_only"
+"""True: the transaction runs with ``PRAGMA query_only`` so a stray write fails loudly."""
+_QUERY_ONLY_INFO: Final = "kiiaren_query_only"
+"""Key in the DBAPI connection's info dict: the connection's current ``query_only`` state."""
+
+_SUPPORTED = "postgresql+psycopg://user:password@host:5432/dbname or sqlite+aiosqlite:///path.db"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL and pin the driver this package supports.
+
+    ``postgres://``, ``postgresql://`` and ``postgresql+psycopg://`` become
+    ``postgresql+psycopg://``; ``sqlite://`` and ``sqlite+aiosqlite://`` become
+    ``sqlite+aiosqlite://``.
+
+    Raises:
+        ConfigurationError: the URL cannot be parsed or names another database or driver.
+            The message never repeats the URL (it may hold a password).
+    """
+    try:
+        parsed = make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigurationError(
+            f"The database URL cannot be parsed. Expected {_SUPPORTED}.",
+            details={"variable": DATABASE_URL_VARIABLE},
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and driver in ("", "aiosqlite"):
+        return parsed.set(drivername="sqlite+aiosqlite")
+    raise ConfigurationError(
+        f"Unsupported database URL scheme {parsed.drivername!r}. Expected {_SUPPORTED}.",
+        details={"variable": DATABASE_URL_VARIABLE},
+    )
+
+
+def is_memory_url(url: str | URL) -> bool:
+    """True when ``url`` names an in-memory SQLite database."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    return (
+        database in ("", ":memory:")
+        or database.startswith("file::memory:")
+        or parsed.query.get("mode") == "memory"
+    )
+
+
+def create_engine(url: str | URL, *, pool_size: int = 10, timeout: float = 10.0) -> AsyncEngine:
+    """Create an :class:`AsyncEngine` configured for KIIAREN.
+
+    Args:
+        url: PostgreSQL (``postgresql+psycopg://``) or SQLite (``sqlite+aiosqlite://``) URL;
+            see :func:`normalize_url`.
+        pool_size: Connections kept open (and the maximum: there is no overflow, so the
+            number of connections a process holds is predictable).
+        timeout: Seconds to wait for a connection from the pool, to connect to PostgreSQL, or
+            for SQLite's write lock (``busy_timeout``).
+
+    PostgreSQL: ``pool_pre_ping`` (a dead pooled connection is replaced, not handed out),
+    connect timeout, ``application_name=kiiaren-selfhost`` (both unless the URL sets them).
+
+    SQLite: ``foreign_keys=ON``, ``busy_timeout``, WAL and ``synchronous=NORMAL`` for files,
+    ``StaticPool`` for ``:memory:``, and SQLAlchemy's documented fix for the driver's broken
+    ``BEGIN`` handling. Use :class:`Database` for the write serialisation on top.
+
+    Raises:
+        ConfigurationError: unsupported URL (see :func:`normalize_url`).
+    """
+    return _create_engine(url, pool_size=pool_size, timeout=timeout)
+
+
+def _create_engine(
+    url: str | URL, *, pool_size: int, timeout: float, foreign_keys: bool = True
+) -> AsyncEngine:
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        connect_args: dict[str, Any] = {}
+        if "connect_timeout" not in parsed.query:
+            # libpq counts whole seconds (and treats values below 2 as 2).
+            connect_args["connect_timeout"] = max(2, math.ceil(timeout))
+        if "application_name" not in parsed.query:
+            connect_args["application_name"] = "kiiaren-selfhost"
+        return create_async_engine(
+            parsed,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=timeout,
+            pool_pre_ping=True,
+            connect_args=connect_args,
+        )
+
+    memory = is_memory_url(parsed)
+    if memory:
+        engine = create_async_engine(parsed, poolclass=StaticPool)
+    else:
+        engine = create_async_engine(
+            parsed, pool_size=pool_size, max_overflow=0, pool_timeout=timeout
+        )
+    _install_sqlite_listeners(
+        engine, busy_timeout_ms=int(timeout * 1000), wal=not memory, foreign_keys=foreign_keys
+    )
+    return engine
+
+
+def _install_sqlite_listeners(
+    engine: AsyncEngine, *, busy_timeout_ms: int, wal: bool, foreign_keys: bool
+) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # Stop the driver from emitting (or skipping) BEGIN: the "begin" listener does it.
+        # This also puts the connection in autocommit mode, where the PRAGMAs below must run.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms:d}")
+            cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+            if wal:
+                # WAL lets readers proceed while one writer writes; NORMAL sync is durable
+                # in WAL mode except for the last transactions on power loss.
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        options = conn.get_execution_options()
+        read_only = bool(options.get(_READ_ONLY_OPTION, False))
+        # query_only is a connection flag that outlives the transaction: switch it only when
+        # it differs, and remember the state with the DBAPI connection.
+        if conn.info.get(_QUERY_ONLY_INFO, False) != read_only:
+            conn.exec_driver_sql(f"PRAGMA query_only = {1 if read_only else 0}")
+            conn.info[_QUERY_ONLY_INFO] = read_only
+        if options.get(_WRITE_OPTION, False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+class Database:
+    """Owns one :class:`AsyncEngine` and hands out transactions; what the services use.
+
+    Nesting :meth:`read` or :meth:`write` inside :meth:`write` opens a second, independent
+    transaction (and on SQLite waits for the first one's lock, or, for ``:memory:``, fails
+    with ``RuntimeError``): pass the connection down instead.
+
+    Args:
+        engine: An engine from :func:`create_engine` (the :class:`Database` disposes it).
+        timeout: Seconds an in-process SQLite writer waits for its turn.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, timeout: float = 10.0) -> None:
+        self._engine = engine
+        self._timeout = timeout
+        self._closed = False
+        self._dialect_name: str = engine.dialect.name
+        memory = self._dialect_name == "sqlite" and is_memory_url(engine.url)
+        # SQLite has one writer at a time: in-process writers queue here (fair, no polling)
+        # rather than in SQLite's busy handler. A :memory: database is one shared connection,
+        # so readers must queue too.
+        self._write_lock: anyio.Lock | None = (
+            anyio.Lock() if self._dialect_name == "sqlite" else None
+        )
+        self._read_lock: anyio.Lock | None = self._write_lock if memory else None
+
+    @classmethod
+    def from_url(cls, url: str | URL, *, pool_size: int = 10, timeout: float = 10.0) -> Self:
+        """Create the engine (see :func:`create_engine`) and wrap it.
+
+        Raises:
+            ConfigurationError: unsupported URL.
+        """
+        return cls(create_engine(url, pool_size=pool_size, timeout=timeout), timeout=timeout)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The underlying engine (for migrations and the event listener)."""
+        return self._engine
+
+    @property
+    def dialect_name(self) -> str:
+        """``"postgresql"`` or ``"sqlite"``."""
+        return self._dialect_name
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for SQLite (single writer, single process for ``:memory:``)."""
+        return self._dialect_name == "sqlite"
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called."""
+        return self._closed
+
+    def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A read-only transaction over a consistent snapshot; rolled back at the end.
+
+        PostgreSQL: ``REPEATABLE READ READ ONLY``. SQLite: a deferred transaction with
+        ``PRAGMA query_only``. A write inside fails on both (as an untranslated error: it is a
+        bug).
+
+        Raises:
+            ProviderClosedError: after :meth:`aclose`.
+            BackendUnavailableError: the database cannot be reached or is busy.
+        """
+        return self._transaction(write=False)
+
+    def write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A read-write transaction: committed when the block succeeds, rolled back if it raises.
+
+        PostgreSQL: ``READ COMMITTED`` (lock rows with ``FOR UPDATE`` or use conditional
+        updates where it matters). SQLite: ``BEGIN IMMEDIATE``, so the whole transaction is
+        serialisable. Savepoints (``conn.begin_nested()``) work on both.
+
+        Raises:
+            ProviderClosedError: after :meth:`aclose`.
+            ConflictError: a constraint refused a change (at statement or commit time).
+            BackendUnavailableError: the database cannot be reached or is busy.
+        """
+        return self._transaction(write=True)
+
+    @asynccontextmanager
+    async def _transaction(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        if self._closed:
+            raise ProviderClosedError("This database has been closed.")
+        lock = self._write_lock if write else self._read_lock
+        async with self._queue(lock), translate_db_errors(), self._engine.connect() as conn:
+            if self._dialect_name == "sqlite":
+                options: dict[str, Any] = (
+                    {_WRITE_OPTION: True} if write else {_READ_ONLY_OPTION: True}
+                )
+            elif write:
+                options = {}
+            else:
+                options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+            if options:
+                await conn.execution_options(**options)
+            async with conn.begin() as transaction:
+                yield conn
+                if not write and transaction.is_active:
+                    # Nothing to keep: ending a read with ROLLBACK is the cheaper, safer end.
+                    await transaction.rollback()
+
+    @asynccontextmanager
+    async def _exclusive_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection with no transaction begun, holding the in-process write queue.
+
+        For maintenance that manages its own transaction (migrations). Errors are translated.
+        """
+        if self._closed:
+            raise ProviderClosedError("This database has been closed.")
+        async with (
+            self._queue(self._write_lock),
+            translate_db_errors(),
+            self._engine.connect() as conn,
+        ):
+            yield conn
+
+    @asynccontextmanager
+    async def _queue(self, lock: anyio.Lock | None) -> AsyncIterator[None]:
+        if lock is None:
+            yield
+            return
+        try:
+            with anyio.fail_after(self._timeout):
+                await lock.acquire()
+        except TimeoutError:
+            raise BackendUnavailableError(
+                "The database is busy. Try again shortly.", retry_after=1
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    async def aclose(self) -> None:
+        """Dispose of the engine and its connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
