@@ -187,13 +187,20 @@ class InviteLinkError(InvalidInputError):
     code = "invite_link_invalid"
 
     def __init__(
-        self, invite_code: str, reason: str, *, details: Mapping[str, Any] | None = None
+        self,
+        invite_code: str,
+        reason: str,
+        message: str | None = None,
+        *,
+        details: Mapping[str, Any] | None = None,
     ) -> None:
         self.invite_code = invite_code
         self.reason = reason
         text = _INVITE_MESSAGES.get(reason, "Invite link is invalid")
         # The code itself is a bearer secret: it is kept on the instance, never in the details.
-        super().__init__(f"[KIIAREN] {text}", details={**(details or {}), "reason": reason})
+        super().__init__(
+            message or f"[KIIAREN] {text}", details={**(details or {}), "reason": reason}
+        )
 
     @classmethod
     def _from_wire(cls, message: str, details: Mapping[str, Any]) -> KiiarenError:

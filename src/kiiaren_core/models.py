@@ -116,7 +116,8 @@ class SessionTokens(KiiarenModel):
     access_token: str = Field(repr=False)
     refresh_token: str | None = Field(default=None, repr=False)
     token_type: Literal["bearer"] = "bearer"
-    expires_at: datetime
+    expires_at: datetime | None = None
+    """When the access token expires (``None`` when unknown, e.g. a bare token string)."""
 
 
 class SessionInfo(KiiarenModel):

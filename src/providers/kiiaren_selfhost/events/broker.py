@@ -1,0 +1,296 @@
+"""In-process fan-out of logged events, in ``seq`` order, with no gap and no duplicate.
+
+Design (QUALITY.md, "Realtime delivery"):
+
+* The event log is the source of truth; the broker only moves what the log holds. For each
+  workspace with local subscribers a :class:`_Channel` keeps ``cursor``, the last seq it fanned
+  out. A committed mutation hands its events over (:meth:`Broker.published`); when they follow
+  the cursor they are fanned out from memory, otherwise (another process wrote in between, or
+  two local commits finished in the other order) the missing range is read from the log. A
+  wake-up from another process (:meth:`Broker.wake`, PostgreSQL NOTIFY) and a periodic poll do
+  the same catch-up read, so a lost notification or a lost LISTEN connection loses nothing.
+  Seqs are allocated under a row lock held until commit, so once seq N is visible every seq
+  below it is committed: a catch-up read never skips an in-flight event.
+* A subscriber starts *catching up*: it pages through the log itself from its ``since`` until it
+  reaches the channel's cursor, then (under the channel lock) becomes *live* and receives pushes.
+  Replays of any length therefore cost no memory in the broker.
+* Each live subscriber has a bounded queue. A subscriber that lets it fill up is cut off with
+  reason ``slow_consumer`` (it can resume from its last seq); the others never wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import sqlalchemy as sa
+
+from kiiaren_core.events import EventEnvelope, matches_any, parse_event
+from kiiaren_selfhost.db import Database
+from kiiaren_selfhost.db import tables as t
+
+__all__ = ["Broker", "SubscriberState", "Subscription", "read_log", "stream_head"]
+
+logger = logging.getLogger("kiiaren.selfhost.events")
+
+PAGE_SIZE: Final = 500
+
+
+async def stream_head(db: Database, workspace_id: str) -> tuple[int, str | None]:
+    """(last seq, epoch) of a workspace's stream; (0, None) before its first event."""
+    async with db.read() as conn:
+        row = (
+            await conn.execute(
+                sa.select(t.event_streams.c.last_seq, t.event_streams.c.epoch).where(
+                    t.event_streams.c.workspace_id == workspace_id
+                )
+            )
+        ).one_or_none()
+    return (int(row.last_seq), str(row.epoch)) if row else (0, None)
+
+
+async def read_log(
+    db: Database, workspace_id: str, after: int, *, limit: int = PAGE_SIZE
+) -> list[EventEnvelope]:
+    """Logged events of a workspace with seq > ``after``, in order, at most ``limit``."""
+    ev = t.events
+    async with db.read() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(
+                    ev.c.seq, ev.c.id, ev.c.type, ev.c.actor_id, ev.c.payload, ev.c.created_at
+                )
+                .where(ev.c.workspace_id == workspace_id, ev.c.seq > after)
+                .order_by(ev.c.seq)
+                .limit(limit)
+            )
+        ).all()
+    return [
+        parse_event(
+            {
+                "id": str(row.id),
+                "seq": int(row.seq),
+                "type": row.type,
+                "timestamp": row.created_at,
+                "workspace_id": workspace_id,
+                "actor_id": str(row.actor_id) if row.actor_id else None,
+                "payload": row.payload,
+            }
+        )
+        for row in rows
+    ]
+
+
+class SubscriberState(enum.Enum):
+    """Where a subscriber is in its life."""
+
+    CATCHING_UP = "catching_up"
+    LIVE = "live"
+    CLOSED = "closed"
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """One subscriber of one workspace (owned by an event stream)."""
+
+    workspace_id: str
+    user_id: str
+    patterns: tuple[str, ...]
+    queue_size: int
+    cursor: int
+    state: SubscriberState = SubscriberState.CATCHING_UP
+    close_reason: str | None = None
+    queue: asyncio.Queue[EventEnvelope | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(maxsize=self.queue_size)
+
+    def wants(self, event: EventEnvelope) -> bool:
+        return matches_any(self.patterns, event.type)
+
+    def close(self, reason: str) -> None:
+        """Stop the subscription; the consumer sees ``reason`` after what it already has."""
+        if self.state is SubscriberState.CLOSED:
+            return
+        self.state = SubscriberState.CLOSED
+        self.close_reason = reason
+        # Wake a waiting consumer; with a full queue it finds the state when it drains it.
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
+    def push(self, event: EventEnvelope) -> None:
+        """Queue an event for a live subscriber, cutting it off when its queue is full."""
+        if self.state is not SubscriberState.LIVE:
+            return
+        if event.seq is not None:
+            if event.seq <= self.cursor:
+                return
+            self.cursor = event.seq
+        if not self.wants(event):
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.close("slow_consumer")
+
+
+@dataclass(eq=False, slots=True)
+class _Channel:
+    """Fan-out state of one workspace in this process."""
+
+    workspace_id: str
+    cursor: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    subscribers: set[Subscription] = field(default_factory=set)
+
+
+class Broker:
+    """Per-process router from committed events to subscriptions."""
+
+    def __init__(self, db: Database, *, poll_interval: float = 1.0) -> None:
+        self._db = db
+        self._channels: dict[str, _Channel] = {}
+        self._poll_interval = poll_interval
+        self._poller: asyncio.Task[None] | None = None
+
+    # --- subscriptions ------------------------------------------------------------------------
+
+    async def attach(self, subscription: Subscription) -> None:
+        """Register a catching-up subscription (its channel is created on first use)."""
+        channel = self._channels.get(subscription.workspace_id)
+        if channel is None:
+            head, _ = await stream_head(self._db, subscription.workspace_id)
+            channel = self._channels.setdefault(
+                subscription.workspace_id, _Channel(subscription.workspace_id, head)
+            )
+        channel.subscribers.add(subscription)
+        self._ensure_poller()
+
+    def detach(self, subscription: Subscription) -> None:
+        """Forget a subscription; drop the channel when it was the last one."""
+        channel = self._channels.get(subscription.workspace_id)
+        if channel is None:
+            return
+        channel.subscribers.discard(subscription)
+        if not channel.subscribers:
+            self._channels.pop(subscription.workspace_id, None)
+
+    async def go_live(self, subscription: Subscription) -> bool:
+        """Switch a caught-up subscription to push delivery.
+
+        Returns False when the channel has moved past the subscription's cursor meanwhile
+        (the caller reads the log again and retries).
+        """
+        channel = self._channels.get(subscription.workspace_id)
+        if channel is None:
+            return False
+        async with channel.lock:
+            if subscription.cursor < channel.cursor:
+                return False
+            subscription.cursor = max(subscription.cursor, channel.cursor)
+            if subscription.state is SubscriberState.CATCHING_UP:
+                subscription.state = SubscriberState.LIVE
+            return True
+
+    def subscribers(self, workspace_id: str) -> frozenset[Subscription]:
+        """The current subscriptions of a workspace in this process."""
+        channel = self._channels.get(workspace_id)
+        return frozenset(channel.subscribers) if channel else frozenset()
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    async def published(self, events: Sequence[EventEnvelope]) -> None:
+        """Fan out events this process just committed (durable ones in seq order)."""
+        by_workspace: dict[str, list[EventEnvelope]] = {}
+        for event in events:
+            by_workspace.setdefault(event.workspace_id, []).append(event)
+        for workspace_id, batch in by_workspace.items():
+            channel = self._channels.get(workspace_id)
+            if channel is not None:
+                await self._advance(channel, batch)
+
+    async def wake(self, workspace_id: str, seq: int | None = None) -> None:
+        """Another process committed up to ``seq`` (unknown: ``None``): catch up from the log."""
+        channel = self._channels.get(workspace_id)
+        if channel is not None and (seq is None or seq > channel.cursor):
+            await self._advance(channel, [])
+
+    async def wake_all(self) -> None:
+        """Catch every channel up from the log (after a lost LISTEN connection)."""
+        for workspace_id in list(self._channels):
+            await self.wake(workspace_id)
+
+    def deliver_ephemeral(self, event: EventEnvelope) -> None:
+        """Push an event without seq (presence, typing) to the live subscribers."""
+        channel = self._channels.get(event.workspace_id)
+        if channel is None:
+            return
+        for subscription in list(channel.subscribers):
+            subscription.push(event)
+
+    async def _advance(self, channel: _Channel, hint: Sequence[EventEnvelope]) -> None:
+        async with channel.lock:
+            durable = [event for event in hint if event.seq is not None]
+            if durable and durable[-1].seq is not None and durable[-1].seq <= channel.cursor:
+                return
+            if durable and durable[0].seq == channel.cursor + 1:
+                batches = [durable]
+            else:
+                batches = []
+                cursor = channel.cursor
+                while True:
+                    page = await read_log(self._db, channel.workspace_id, cursor)
+                    if not page:
+                        break
+                    batches.append(page)
+                    cursor = page[-1].seq or cursor
+                    if len(page) < PAGE_SIZE:
+                        break
+            for batch in batches:
+                for event in batch:
+                    for subscription in list(channel.subscribers):
+                        subscription.push(event)
+                        self._react(subscription, event)
+                    channel.cursor = event.seq or channel.cursor
+
+    @staticmethod
+    def _react(subscription: Subscription, event: EventEnvelope) -> None:
+        """Close subscriptions the event makes illegal (removed member, deleted workspace)."""
+        if event.type == "workspace.deleted":
+            subscription.close("workspace_deleted")
+        elif event.type == "member.left" and event.payload.user_id == subscription.user_id:
+            subscription.close("removed")
+
+    # --- safety net ---------------------------------------------------------------------------
+
+    def _ensure_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(
+                self._poll(), name="kiiaren-event-poll"
+            )
+
+    async def _poll(self) -> None:
+        """Catch up every channel periodically: covers missed wake-ups of any cause."""
+        while self._channels:
+            await asyncio.sleep(self._poll_interval)
+            for workspace_id in list(self._channels):
+                try:
+                    head, _ = await stream_head(self._db, workspace_id)
+                    await self.wake(workspace_id, head)
+                except Exception:
+                    logger.exception("event catch-up failed for workspace %s", workspace_id)
+
+    async def aclose(self) -> None:
+        """Close every subscription and stop the poller."""
+        for channel in list(self._channels.values()):
+            for subscription in list(channel.subscribers):
+                subscription.close("provider_closed")
+        self._channels.clear()
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)

@@ -1,0 +1,149 @@
+"""Cross-process wake-ups through PostgreSQL LISTEN/NOTIFY.
+
+After a commit, a process sends ``NOTIFY kiiaren_events, '{"w": <workspace>, "s": <seq>}'``
+(ephemeral events travel whole: ``{"e": <event json>}``). NOTIFY is sent *after* commit on a
+separate statement: inside the writing transaction it would take a cluster-wide lock through
+commit and collapse concurrent writers (QUALITY.md). A notification is only a wake-up: the
+receiving broker reads the event log, so a lost notification (or a lost LISTEN connection,
+re-established with backoff, followed by a full catch-up) loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from kiiaren_core.events import EventEnvelope
+
+__all__ = ["CHANNEL", "PgNotifier", "notification_payloads"]
+
+logger = logging.getLogger("kiiaren.selfhost.events")
+
+CHANNEL: Final = "kiiaren_events"
+_MAX_PAYLOAD: Final = 7_900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
+
+
+def notification_payloads(events: Sequence[EventEnvelope]) -> list[str]:
+    """One payload per workspace for durable events (its highest seq), one per ephemeral."""
+    highest: dict[str, int] = {}
+    payloads: list[str] = []
+    for event in events:
+        if event.seq is not None:
+            highest[event.workspace_id] = max(highest.get(event.workspace_id, 0), event.seq)
+        else:
+            body = json.dumps({"e": event.model_dump(mode="json")}, separators=(",", ":"))
+            if len(body.encode()) <= _MAX_PAYLOAD:
+                payloads.append(body)
+    payloads.extend(
+        json.dumps({"w": workspace, "s": seq}, separators=(",", ":"))
+        for workspace, seq in highest.items()
+    )
+    return payloads
+
+
+def _conninfo(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class PgNotifier:
+    """Sends notifications and keeps one LISTEN connection that calls back on each."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        on_wake: Callable[[str, int | None], Awaitable[None]],
+        on_ephemeral: Callable[[dict[str, Any]], Awaitable[None]],
+        on_reconnect: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._conninfo = _conninfo(database_url)
+        self._on_wake = on_wake
+        self._on_ephemeral = on_ephemeral
+        self._on_reconnect = on_reconnect
+        self._send_conn: psycopg.AsyncConnection[Any] | None = None
+        self._send_lock = asyncio.Lock()
+        self._listener: asyncio.Task[None] | None = None
+        self._listen_conn: psycopg.AsyncConnection[Any] | None = None
+        self.connected = asyncio.Event()
+
+    def start(self) -> None:
+        """Start listening in the background (idempotent)."""
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen_forever(), name="kiiaren-pg-listen"
+            )
+
+    async def notify(self, events: Sequence[EventEnvelope]) -> None:
+        """Wake the other processes for ``events``; failures are logged (the poll covers)."""
+        payloads = notification_payloads(events)
+        if not payloads:
+            return
+        async with self._send_lock:
+            try:
+                if self._send_conn is None or self._send_conn.closed:
+                    self._send_conn = await psycopg.AsyncConnection.connect(
+                        self._conninfo, autocommit=True, connect_timeout=5
+                    )
+                for payload in payloads:
+                    await self._send_conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+            except psycopg.Error:
+                logger.warning("NOTIFY failed; other processes will catch up by polling")
+                await self._close_send()
+
+    async def _close_send(self) -> None:
+        if self._send_conn is not None:
+            await self._send_conn.close()
+            self._send_conn = None
+
+    async def _listen_forever(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                self._listen_conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=5
+                )
+                await self._listen_conn.execute(f"LISTEN {CHANNEL}")
+                self.connected.set()
+                delay = 0.1
+                await self._on_reconnect()  # anything committed while we were away
+                async for notice in self._listen_conn.notifies():
+                    await self._dispatch(notice.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("LISTEN connection lost; reconnecting in %.1fs", delay)
+            finally:
+                self.connected.clear()
+                if self._listen_conn is not None:
+                    await self._listen_conn.close()
+                    self._listen_conn = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _dispatch(self, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+            if "e" in message:
+                await self._on_ephemeral(message["e"])
+            else:
+                await self._on_wake(str(message["w"]), int(message["s"]))
+        except Exception:
+            logger.exception("bad or failed notification")
+
+    async def drop_listen_connection(self) -> None:
+        """Close the LISTEN connection (it reconnects); used to prove nothing is lost."""
+        if self._listen_conn is not None:
+            await self._listen_conn.close()
+
+    async def aclose(self) -> None:
+        """Stop listening and close both connections."""
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        await self._close_send()

@@ -1,0 +1,123 @@
+"""The session a provider view acts for, and how a call turns it into a verified principal.
+
+A view holds its bearer credentials in a :class:`SessionState`. Every operation resolves them
+in two steps: :func:`fresh_claims` checks the JWT (signature, claims) before any transaction,
+then :func:`check_session` checks the session row (not revoked, not expired) *inside the
+operation's own transaction*, so sign-out, password changes and revocations take effect on
+the very next call of every process.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from kiiaren_core.errors import NotAuthenticatedError
+from kiiaren_core.models import AuthState, ClientContext, Session, SessionTokens
+from kiiaren_core.protocols import AuthStateCallback, Unsubscribe
+from kiiaren_selfhost.auth.tokens import AccessClaims, TokenService
+from kiiaren_selfhost.clock import utcnow
+from kiiaren_selfhost.db import tables as t
+
+__all__ = ["Principal", "SessionState", "check_session", "fresh_claims"]
+
+logger = logging.getLogger("kiiaren.selfhost.auth")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A verified caller: the user and the session the call runs in."""
+
+    user_id: str
+    session_id: str
+
+
+@dataclass(slots=True)
+class SessionState:
+    """Credentials and auth-state listeners of one provider view (never logged)."""
+
+    tokens: SessionTokens | None = None
+    context: ClientContext = field(default_factory=ClientContext)
+    listeners: list[AuthStateCallback] = field(default_factory=list)
+    refresh_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    closed: bool = False
+
+    def __repr__(self) -> str:  # tokens must never reach a log line
+        signed_in = self.tokens is not None
+        return f"SessionState(signed_in={signed_in}, closed={self.closed})"
+
+    def subscribe(self, callback: AuthStateCallback) -> Unsubscribe:
+        """Register an auth-state listener; the returned function removes it (idempotent)."""
+        self.listeners.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self.listeners:
+                self.listeners.remove(callback)
+
+        return unsubscribe
+
+    async def notify(self, event: str, session: Session | None) -> None:
+        """Tell every listener; a failing listener is logged and does not stop the others."""
+        state = AuthState(event=event, session=session)  # type: ignore[arg-type]
+        for callback in list(self.listeners):
+            try:
+                result = callback(state)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("auth state listener failed")
+
+    async def drop(self, event: str) -> None:
+        """Forget the credentials (signed out or revoked) and tell the listeners once."""
+        if self.tokens is None:
+            return
+        self.tokens = None
+        await self.notify(event, None)
+
+
+async def fresh_claims(
+    state: SessionState,
+    tokens: TokenService,
+    *,
+    refresh: Callable[[], Awaitable[object]] | None = None,
+) -> AccessClaims:
+    """Verify the view's access token (no I/O), refreshing it once if it has expired.
+
+    Call this *before* opening a transaction: a refresh writes in its own transaction.
+    """
+    if state.tokens is None:
+        raise NotAuthenticatedError()
+    try:
+        return tokens.verify_access_token(state.tokens.access_token)
+    except NotAuthenticatedError:
+        if refresh is None or state.tokens.refresh_token is None:
+            raise
+    await refresh()
+    if state.tokens is None:
+        raise NotAuthenticatedError()
+    return tokens.verify_access_token(state.tokens.access_token)
+
+
+async def check_session(
+    conn: AsyncConnection, state: SessionState, claims: AccessClaims
+) -> Principal:
+    """Check on ``conn`` that the claims' session is live; else drop the view's credentials,
+    fire ``session_revoked`` and raise NotAuthenticatedError."""
+    row = (
+        await conn.execute(
+            sa.select(t.auth_sessions.c.user_id, t.auth_sessions.c.expires_at).where(
+                t.auth_sessions.c.id == claims.session_id,
+                t.auth_sessions.c.revoked_at.is_(None),
+            )
+        )
+    ).one_or_none()
+    if row is None or row.expires_at <= utcnow() or str(row.user_id) != claims.user_id:
+        await state.drop("session_revoked")
+        raise NotAuthenticatedError("Your session has ended. Please sign in again.")
+    return Principal(user_id=claims.user_id, session_id=claims.session_id)
