@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from typing import TYPE_CHECKING
 
 import pytest
@@ -54,3 +56,32 @@ def test_defaults_are_rendered_as_environment_values(default: object, rendered: 
     assert _docgen.render_default(FieldInfo(default=default)) == rendered
     assert _docgen.render_default(FieldInfo(default=("a", "b"))) == '`["a", "b"]`'
     assert _docgen.render_default(FieldInfo(default=10)) == "`10`"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+@pytest.mark.parametrize("name", ["architecture.md", "configuration.md", "errors.md"])
+def test_relative_links_between_the_docs_resolve(name: str) -> None:
+    text = (_docgen.DOCS / name).read_text()
+    links = re.findall(r"\]\(([\w\-]+\.md)(?:#([\w\-]+))?\)", text)
+    assert links, f"{name} links to no other page"
+    for target, anchor in links:
+        path = _docgen.DOCS / target
+        assert path.exists(), f"{name} links to missing {target}"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", path.read_text(), flags=re.MULTILINE)
+            assert anchor in {_anchor(h) for h in headings}, f"{name}: no #{anchor} in {target}"
+
+
+def test_architecture_lists_the_import_linter_contracts() -> None:
+    config = tomllib.loads((_docgen.DOCS.parent / "pyproject.toml").read_text())
+    contracts = config["tool"]["importlinter"]["contracts"]
+    text = (_docgen.DOCS / "architecture.md").read_text()
+    for contract in contracts:
+        assert contract["name"] in text
+        for module in contract.get("forbidden_modules", []) + contract.get("modules", []):
+            assert f"`{module}`" in text
