@@ -22,7 +22,7 @@ import re
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NoReturn, Self
 
@@ -333,7 +333,10 @@ class GoogleOAuthClient(OAuthClient):
 
     Args:
         issuer: Expected ``iss`` claim.
-        jwks_url: The provider's JSON Web Key Set (fetched with this client, cached).
+        jwks_url: The provider's JSON Web Key Set (fetched with this client, cached for its
+            ``Cache-Control: max-age`` or an hour; an unknown ``kid`` refetches it, at most
+            once every 30 seconds).
+        clock: Monotonic clock in seconds for the JWKS cache (tests move it forward).
         **kwargs: See :class:`OAuthClient`.
     """
 
@@ -351,6 +354,7 @@ class GoogleOAuthClient(OAuthClient):
         jwks_url: str,
         timeout: float = 10.0,
         http_client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(
             client_id=client_id,
@@ -367,6 +371,7 @@ class GoogleOAuthClient(OAuthClient):
         self._keys_expire_at = 0.0
         self._keys_fetched_at: float | None = None
         self._keys_lock = anyio.Lock()
+        self._clock = clock
 
     def _extra_authorize_params(self, nonce: str) -> Mapping[str, str]:
         return {"nonce": nonce}
@@ -433,7 +438,7 @@ class GoogleOAuthClient(OAuthClient):
         if kid is not None and not isinstance(kid, str):
             raise _RejectedError("id_token kid is not a string")
         async with self._keys_lock:
-            now = time.monotonic()
+            now = self._clock()
             if now >= self._keys_expire_at:
                 await self._fetch_keys(now)
             key = self._find_key(kid)
