@@ -310,6 +310,22 @@ async def test_google_jwks_cache_expires(
     assert idp.count("/google/jwks") == 2
 
 
+async def test_google_jwks_outage_uses_cached_keys(
+    clocked_google: tuple[GoogleOAuthClient, FakeClock], idp: LoopbackIdP
+) -> None:
+    google, clock = clocked_google
+    await sign_in(google)
+    idp.failures["/google/jwks"] = 503
+    clock.now += 3601  # the cache expired, and the JWKS endpoint is down
+    assert (await sign_in(google)).subject == idp.user.subject
+    assert (await sign_in(google)).subject == idp.user.subject
+    assert idp.count("/google/jwks") == 2  # retried once, not on every sign-in
+    clock.now += 31
+    del idp.failures["/google/jwks"]
+    await sign_in(google)
+    assert idp.count("/google/jwks") == 3
+
+
 async def test_google_wrong_audience(google: GoogleOAuthClient, idp: LoopbackIdP) -> None:
     idp.id_token_overrides["aud"] = "another-client"
     with pytest.raises(NotAuthenticatedError):

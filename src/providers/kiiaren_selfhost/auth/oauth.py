@@ -277,7 +277,8 @@ class OAuthClient(ABC):
         """Send one request; transport errors and 5xx become :class:`_UnavailableError`."""
         try:
             response = await self._http.request(method, url, **kwargs)
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
+            # Transport failures, and a body that cannot be decoded (bad content-encoding).
             raise _UnavailableError(f"{what}: {type(exc).__name__}") from exc
         if response.status_code >= 500 or response.status_code == 429:
             raise _UnavailableError(f"{what}: HTTP {response.status_code}")
@@ -335,7 +336,7 @@ class GoogleOAuthClient(OAuthClient):
         issuer: Expected ``iss`` claim.
         jwks_url: The provider's JSON Web Key Set (fetched with this client, cached for its
             ``Cache-Control: max-age`` or an hour; an unknown ``kid`` refetches it, at most
-            once every 30 seconds).
+            once every 30 seconds; while the endpoint is down, the last keys stay in use).
         clock: Monotonic clock in seconds for the JWKS cache (tests move it forward).
         **kwargs: See :class:`OAuthClient`.
     """
@@ -440,7 +441,7 @@ class GoogleOAuthClient(OAuthClient):
         async with self._keys_lock:
             now = self._clock()
             if now >= self._keys_expire_at:
-                await self._fetch_keys(now)
+                await self._refresh_keys(now)
             key = self._find_key(kid)
             if key is None and (
                 self._keys_fetched_at is None
@@ -452,6 +453,17 @@ class GoogleOAuthClient(OAuthClient):
         if key is None:
             raise _RejectedError(f"id_token signed by an unknown key (kid {kid!r})")
         return key
+
+    async def _refresh_keys(self, now: float) -> None:
+        try:
+            await self._fetch_keys(now)
+        except _UnavailableError as exc:
+            if not self._keys:
+                raise
+            # Keys rotate with weeks of overlap: a JWKS outage should not stop sign-ins, so
+            # keep the expired keys and try again after the minimum refresh interval.
+            _log.warning("%s JWKS refresh failed, using cached keys: %s", self.provider, exc)
+            self._keys_expire_at = now + _JWKS_MIN_REFRESH_SECONDS
 
     def _find_key(self, kid: str | None) -> jwt.PyJWK | None:
         if kid is None:
