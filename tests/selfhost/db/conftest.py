@@ -92,3 +92,21 @@ async def db(migrated_url: str) -> AsyncIterator[Database]:
 def backend_name(db: Database) -> str:
     """The dialect name of the test's database: ``"sqlite"`` or ``"postgresql"``."""
     return db.dialect_name
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated SQLite file for the SQLite-only tests."""
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'sqlite-only.db'}"
+    anyio.run(migrate, url)
+    return url
+
+
+@pytest.fixture
+async def migrated_sqlite(migrated_sqlite_url: str) -> AsyncIterator[Database]:
+    """A :class:`Database` on :func:`migrated_sqlite_url`."""
+    database = Database.from_url(migrated_sqlite_url)
+    try:
+        yield database
+    finally:
+        await database.aclose()
