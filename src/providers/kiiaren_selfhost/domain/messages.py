@@ -1,0 +1,808 @@
+"""Messages, threads and reactions (reference rows 19-24, read model 3.4; bugs S1, S2, C1, C6,
+C8 fixed).
+
+Visibility: a message is visible to the members of its workspace, and a message of a direct
+conversation (or a reply in one) only to the conversation's two participants. Anything else
+behaves like a missing message.
+
+The read model of a page is built in a constant number of queries whatever the page size:
+the page itself joined with its authors (member and user), every reaction of the page's
+messages, and the thread summaries of the page's messages (one windowed query). A page is a
+keyset slice over ``(created_at, id)``, newest first, with an opaque cursor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from kiiaren_core.errors import (
+    BackendUnavailableError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from kiiaren_core.events import MessageCreatedPayload
+from kiiaren_core.models import (
+    Message,
+    Page,
+    ReactionGroup,
+    ReactionToggle,
+    Role,
+    ThreadSummary,
+)
+from kiiaren_core.validation import validate_message_body, validate_reaction
+from kiiaren_selfhost.clock import utcnow
+from kiiaren_selfhost.db import tables as t
+from kiiaren_selfhost.domain._access import Membership, as_id
+from kiiaren_selfhost.domain._unit import Mutation, Store
+from kiiaren_selfhost.domain._views import MEMBER_COLUMNS, member_from_row
+from kiiaren_selfhost.domain.members import delete_messages_where
+
+__all__ = [
+    "CONVERSATION_NOT_FOUND",
+    "IMAGE_NOT_FOUND",
+    "MESSAGE_NOT_FOUND",
+    "PARENT_NOT_FOUND",
+    "MessageStoreImpl",
+    "ReactionStoreImpl",
+]
+
+MESSAGE_NOT_FOUND: Final = "Message not found."
+PARENT_NOT_FOUND: Final = "Parent message not found."
+CHANNEL_NOT_FOUND: Final = "Channel not found."
+CONVERSATION_NOT_FOUND: Final = "Conversation not found."
+IMAGE_NOT_FOUND: Final = "Image not found."
+WORKSPACE_NOT_FOUND: Final = "Workspace not found."
+
+# A toggle that keeps losing races to the same member's concurrent toggles gives up after
+# this many rounds (each round sees the rows committed before it).
+_TOGGLE_ROUNDS: Final = 5
+
+_m = t.messages
+_author = t.members.alias("author")
+_viewer = t.members.alias("viewer")
+
+_MESSAGE_COLUMNS: Final = (
+    _m.c.id,
+    _m.c.workspace_id,
+    _m.c.member_id,
+    _m.c.body,
+    _m.c.channel_id,
+    _m.c.conversation_id,
+    _m.c.parent_message_id,
+    _m.c.image_id,
+    _m.c.created_at,
+    _m.c.updated_at,
+    _author.c.user_id.label("author_user_id"),
+    _author.c.role.label("author_role"),
+    _author.c.joined_at.label("author_joined_at"),
+    t.users.c.name.label("author_name"),
+    t.users.c.image.label("author_image"),
+    t.users.c.email.label("author_email"),
+)
+"""A message with its author's member and user columns (see :func:`_message`)."""
+
+_WITH_AUTHOR: Final = _m.join(_author, _author.c.id == _m.c.member_id).join(
+    t.users, t.users.c.id == _author.c.user_id
+)
+
+
+def _opt(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _is_participant(member_id: str, one: Any, two: Any) -> bool:
+    return member_id in (str(one), str(two))
+
+
+# --- cursors --------------------------------------------------------------------------------
+
+
+def _encode_cursor(created_at: datetime, message_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), message_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The keyset position a cursor stands for; InvalidInputError for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, message_id = json.loads(raw)
+        created_at = datetime.fromisoformat(stamp)
+        key = as_id(message_id)
+    except (TypeError, ValueError, binascii.Error, UnicodeDecodeError):
+        key = None
+    if key is None or created_at.utcoffset() is None:
+        raise InvalidInputError("Invalid cursor.", details={"field": "cursor"})
+    return created_at, key
+
+
+# --- read model -----------------------------------------------------------------------------
+
+
+def _message(
+    row: Any,
+    viewer: Membership,
+    reactions: tuple[ReactionGroup, ...] = (),
+    thread: ThreadSummary | None = None,
+) -> Message:
+    """A message row (with :data:`_MESSAGE_COLUMNS`) as the viewer sees it.
+
+    The author's email is shown to admin viewers and to the author; ``image_url`` is left
+    None: clients resolve ``image_id`` through ``storage.get_url``.
+    """
+    author = member_from_row(
+        SimpleNamespace(
+            id=row.member_id,
+            user_id=row.author_user_id,
+            workspace_id=row.workspace_id,
+            role=row.author_role,
+            joined_at=row.author_joined_at,
+            user_name=row.author_name,
+            user_image=row.author_image,
+            user_email=row.author_email,
+        ),
+        show_email=viewer.is_admin or viewer.member_id == str(row.member_id),
+    )
+    return Message(
+        id=str(row.id),
+        workspace_id=str(row.workspace_id),
+        member_id=str(row.member_id),
+        body=row.body,
+        channel_id=_opt(row.channel_id),
+        conversation_id=_opt(row.conversation_id),
+        parent_message_id=_opt(row.parent_message_id),
+        image_id=_opt(row.image_id),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        member=author,
+        reactions=reactions,
+        thread=thread or ThreadSummary(),
+    )
+
+
+async def _reaction_groups(
+    conn: AsyncConnection, message_ids: Sequence[str]
+) -> dict[str, tuple[ReactionGroup, ...]]:
+    """Reactions of the messages, grouped by value in first-seen order (one query)."""
+    if not message_ids:
+        return {}
+    r = t.reactions
+    rows = await conn.execute(
+        sa.select(r.c.message_id, r.c.value, r.c.member_id)
+        .where(r.c.message_id.in_(message_ids))
+        .order_by(r.c.created_at, r.c.id)
+    )
+    grouped: dict[str, dict[str, dict[str, None]]] = {}
+    for message_id, value, member_id in rows:
+        # dicts keep insertion order: first-seen values, and member ids deduplicated in order.
+        grouped.setdefault(str(message_id), {}).setdefault(value, {})[str(member_id)] = None
+    return {
+        message_id: tuple(
+            ReactionGroup(value=value, count=len(members), member_ids=tuple(members))
+            for value, members in values.items()
+        )
+        for message_id, values in grouped.items()
+    }
+
+
+async def _thread_summaries(
+    conn: AsyncConnection, message_ids: Sequence[str]
+) -> dict[str, ThreadSummary]:
+    """Reply count, last reply time and last replier of each message (one query).
+
+    A window over each thread counts its replies and ranks them newest first; only the
+    newest reply of each thread is joined with its author.
+    """
+    if not message_ids:
+        return {}
+    reply = t.messages.alias("reply")
+    ranked = (
+        sa.select(
+            reply.c.parent_message_id,
+            reply.c.member_id,
+            reply.c.created_at,
+            sa.func.count().over(partition_by=reply.c.parent_message_id).label("replies"),
+            sa.func.row_number()
+            .over(
+                partition_by=reply.c.parent_message_id,
+                order_by=(reply.c.created_at.desc(), reply.c.id.desc()),
+            )
+            .label("rank"),
+        )
+        .where(reply.c.parent_message_id.in_(message_ids))
+        .subquery()
+    )
+    replier = t.members.alias("replier")
+    rows = await conn.execute(
+        sa.select(
+            ranked.c.parent_message_id,
+            ranked.c.replies,
+            ranked.c.created_at,
+            t.users.c.name,
+            t.users.c.image,
+        )
+        .select_from(
+            ranked.join(replier, replier.c.id == ranked.c.member_id).join(
+                t.users, t.users.c.id == replier.c.user_id
+            )
+        )
+        .where(ranked.c.rank == 1)
+    )
+    return {
+        str(row.parent_message_id): ThreadSummary(
+            count=int(row.replies),
+            last_reply_at=row.created_at,
+            last_replier_name=row.name,
+            last_replier_image=row.image,
+        )
+        for row in rows
+    }
+
+
+async def _read_models(
+    conn: AsyncConnection, rows: Sequence[Any], viewer: Membership, *, threads: bool
+) -> list[Message]:
+    """The full read model of message rows in two more queries (one when ``threads`` is
+    False: replies have no threads of their own)."""
+    ids = [str(row.id) for row in rows]
+    reactions = await _reaction_groups(conn, ids)
+    summaries = await _thread_summaries(conn, ids) if threads else {}
+    return [
+        _message(row, viewer, reactions.get(str(row.id), ()), summaries.get(str(row.id)))
+        for row in rows
+    ]
+
+
+# --- visibility -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Visible:
+    """A message as found for a caller: its row, the caller's membership of its workspace,
+    and whether the caller takes part in its conversation (True for channel messages)."""
+
+    row: Any
+    viewer: Membership
+    participant: bool
+
+
+async def _find_message(
+    conn: AsyncConnection, message_id: str | None, user_id: str | None
+) -> _Visible | None:
+    """The message and the caller's standing in one query; None if missing or the caller is
+    not a member of its workspace. DM participation is reported, not enforced."""
+    key = as_id(message_id)
+    if key is None or user_id is None:
+        return None
+    cv = t.conversations
+    row = (
+        await conn.execute(
+            sa.select(
+                *_MESSAGE_COLUMNS,
+                _viewer.c.id.label("viewer_id"),
+                _viewer.c.role.label("viewer_role"),
+                cv.c.member_one_id,
+                cv.c.member_two_id,
+            )
+            .select_from(
+                _WITH_AUTHOR.join(
+                    _viewer,
+                    sa.and_(
+                        _viewer.c.workspace_id == _m.c.workspace_id, _viewer.c.user_id == user_id
+                    ),
+                ).outerjoin(cv, cv.c.id == _m.c.conversation_id)
+            )
+            .where(_m.c.id == key)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    viewer = Membership(str(row.viewer_id), str(row.workspace_id), user_id, Role(row.viewer_role))
+    participant = row.conversation_id is None or _is_participant(
+        viewer.member_id, row.member_one_id, row.member_two_id
+    )
+    return _Visible(row, viewer, participant)
+
+
+async def _visible_message(
+    conn: AsyncConnection, message_id: str | None, user_id: str | None
+) -> _Visible | None:
+    """The message if the caller may read it (member, and participant for DMs), else None."""
+    found = await _find_message(conn, message_id, user_id)
+    return found if found is not None and found.participant else None
+
+
+async def _require_visible(tx: Mutation, message_id: str) -> _Visible:
+    found = await _visible_message(tx.conn, message_id, tx.user_id)
+    if found is None:
+        raise NotFoundError(MESSAGE_NOT_FOUND)
+    return found
+
+
+def _same_workspace(table: Any, given_id: str | None, workspace_id: Any) -> sa.ColumnElement[bool]:
+    """Join condition: ``table``'s row ``given_id`` if it is in ``workspace_id`` (never for a
+    malformed id)."""
+    key = as_id(given_id)
+    if key is None:
+        return sa.false()
+    return sa.and_(table.c.id == key, table.c.workspace_id == workspace_id)
+
+
+# --- stores ---------------------------------------------------------------------------------
+
+
+class MessageStoreImpl(Store):
+    """``persistence.message`` of the self-host provider.
+
+    Every call needs a session (NotAuthenticatedError otherwise). Messages the caller may
+    not read behave like missing ones: ``get_by_id`` returns None, ``get`` an empty page,
+    mutations raise ``NotFoundError("Message not found.")``.
+    """
+
+    async def create(
+        self,
+        workspace_id: str,
+        *,
+        body: str,
+        channel_id: str | None = None,
+        conversation_id: str | None = None,
+        parent_message_id: str | None = None,
+        image_id: str | None = None,
+    ) -> Message:
+        """Post as the caller in one transaction of a few statements.
+
+        The context is a channel, a conversation, or a parent message; a reply takes its
+        parent's channel or conversation (a ``channel_id``/``conversation_id`` given with a
+        parent must be the parent's). ``image_id`` must be the caller's own upload in this
+        workspace, not yet attached to anything; it is marked attached. Returns the message
+        with its author, no reactions and an empty thread summary.
+
+        Raises:
+            InvalidInputError: empty body, no context or both a channel and a conversation,
+                a context that differs from the parent's, ``Cannot reply to a thread reply.``
+            PayloadTooLargeError: body over ``limits.max_message_bytes``.
+            NotFoundError: ``Workspace not found.`` (not a member), ``Channel not found.``,
+                ``Conversation not found.`` (also for non-participants),
+                ``Parent message not found.``, ``Image not found.``, each also for ids of
+                another workspace.
+            ConflictError: the image is already attached to a message.
+        """
+        body = validate_message_body(body, max_bytes=self.limits.max_message_bytes)
+        if parent_message_id is None:
+            if channel_id is None and conversation_id is None:
+                raise InvalidInputError(
+                    "A message needs a channel, a conversation or a parent message.",
+                    details={"field": "channel_id"},
+                )
+            if channel_id is not None and conversation_id is not None:
+                raise InvalidInputError(
+                    "A message belongs to a channel or a conversation, not both.",
+                    details={"field": "conversation_id"},
+                )
+        async with self.mutation() as tx:
+            row = await self._context(
+                tx, workspace_id, channel_id, conversation_id, parent_message_id
+            )
+            if row is None:
+                raise NotFoundError(WORKSPACE_NOT_FOUND)
+            me = Membership(str(row.id), str(row.workspace_id), tx.user_id, Role(row.role))
+            parent_key: str | None = None
+            if parent_message_id is not None:
+                channel_key, conversation_key = self._reply_context(
+                    row, me, channel_id, conversation_id
+                )
+                parent_key = str(row.ctx_parent_id)
+            elif channel_id is not None:
+                if row.ctx_channel_id is None:
+                    raise NotFoundError(CHANNEL_NOT_FOUND)
+                channel_key, conversation_key = str(row.ctx_channel_id), None
+            elif row.ctx_conversation_id is None or not _is_participant(
+                me.member_id, row.ctx_member_one_id, row.ctx_member_two_id
+            ):
+                raise NotFoundError(CONVERSATION_NOT_FOUND)
+            else:
+                channel_key, conversation_key = None, str(row.ctx_conversation_id)
+            now = utcnow()
+            image_key = None
+            if image_id is not None:
+                image_key = await self._attach_image(tx, me, image_id, now)
+            message_id = str(uuid.uuid4())
+            await tx.conn.execute(
+                _m.insert().values(
+                    id=message_id,
+                    workspace_id=me.workspace_id,
+                    member_id=me.member_id,
+                    channel_id=channel_key,
+                    conversation_id=conversation_key,
+                    parent_message_id=parent_key,
+                    body=body,
+                    image_id=image_key,
+                    created_at=now,
+                )
+            )
+            tx.emit(
+                me.workspace_id,
+                "message.created",
+                MessageCreatedPayload(
+                    message_id=message_id,
+                    channel_id=channel_key,
+                    conversation_id=conversation_key,
+                    parent_message_id=parent_key,
+                    body=body,
+                    has_attachment=image_key is not None,
+                ),
+            )
+            tx.audit("message.create", "message", message_id, me.workspace_id)
+            tx.index("message", message_id, me.workspace_id, body)
+        return Message(
+            id=message_id,
+            workspace_id=me.workspace_id,
+            member_id=me.member_id,
+            body=body,
+            channel_id=channel_key,
+            conversation_id=conversation_key,
+            parent_message_id=parent_key,
+            image_id=image_key,
+            created_at=now,
+            member=member_from_row(row, show_email=True),
+        )
+
+    @staticmethod
+    async def _context(
+        tx: Mutation,
+        workspace_id: str,
+        channel_id: str | None,
+        conversation_id: str | None,
+        parent_message_id: str | None,
+    ) -> Any:
+        """The caller's member row (:data:`MEMBER_COLUMNS`) and the context it posts into, in
+        one query.
+
+        The context (the parent when given, else the channel, else the conversation, with
+        the conversation's participants) is joined only when it belongs to the same
+        workspace, so a foreign or malformed id reads exactly like a missing one: its
+        ``ctx_*`` columns are NULL. None when the caller is not a member of the workspace.
+        """
+        workspace_key = as_id(workspace_id)
+        if workspace_key is None:
+            return None
+        me, cv = t.members, t.conversations
+        columns: list[Any] = list(MEMBER_COLUMNS)
+        source: Any = me.join(t.users, t.users.c.id == me.c.user_id)
+        if parent_message_id is not None:
+            parent = t.messages.alias("parent")
+            source = source.outerjoin(
+                parent, _same_workspace(parent, parent_message_id, me.c.workspace_id)
+            ).outerjoin(cv, cv.c.id == parent.c.conversation_id)
+            columns += [
+                parent.c.id.label("ctx_parent_id"),
+                parent.c.channel_id.label("ctx_channel_id"),
+                parent.c.conversation_id.label("ctx_conversation_id"),
+                parent.c.parent_message_id.label("ctx_grandparent_id"),
+            ]
+        elif channel_id is not None:
+            ch = t.channels
+            source = source.outerjoin(ch, _same_workspace(ch, channel_id, me.c.workspace_id))
+            columns.append(ch.c.id.label("ctx_channel_id"))
+        else:
+            source = source.outerjoin(cv, _same_workspace(cv, conversation_id, me.c.workspace_id))
+            columns.append(cv.c.id.label("ctx_conversation_id"))
+        if parent_message_id is not None or channel_id is None:
+            columns += [
+                cv.c.member_one_id.label("ctx_member_one_id"),
+                cv.c.member_two_id.label("ctx_member_two_id"),
+            ]
+        return (
+            await tx.conn.execute(
+                sa.select(*columns)
+                .select_from(source)
+                .where(me.c.workspace_id == workspace_key, me.c.user_id == tx.user_id)
+            )
+        ).one_or_none()
+
+    @staticmethod
+    def _reply_context(
+        row: Any, me: Membership, channel_id: str | None, conversation_id: str | None
+    ) -> tuple[str | None, str | None]:
+        """Check a reply against its parent; returns the (channel, conversation) it inherits."""
+        if row.ctx_parent_id is None or (
+            row.ctx_conversation_id is not None
+            and not _is_participant(me.member_id, row.ctx_member_one_id, row.ctx_member_two_id)
+        ):
+            raise NotFoundError(PARENT_NOT_FOUND)
+        if row.ctx_grandparent_id is not None:
+            raise InvalidInputError(
+                "Cannot reply to a thread reply.", details={"field": "parent_message_id"}
+            )
+        inherited = (_opt(row.ctx_channel_id), _opt(row.ctx_conversation_id))
+        if channel_id is not None and as_id(channel_id) != inherited[0]:
+            raise InvalidInputError(
+                "A reply must be in its parent message's channel.",
+                details={"field": "channel_id"},
+            )
+        if conversation_id is not None and as_id(conversation_id) != inherited[1]:
+            raise InvalidInputError(
+                "A reply must be in its parent message's conversation.",
+                details={"field": "conversation_id"},
+            )
+        return inherited
+
+    @staticmethod
+    async def _attach_image(tx: Mutation, me: Membership, image_id: str, now: datetime) -> str:
+        """Mark the caller's unattached upload in this workspace as attached; returns its id.
+
+        Only the uploader may attach an object, and only once: deleting the message deletes
+        the file, which must not pull it from under another message or another user.
+        """
+        key = as_id(image_id)
+        if key is None:
+            raise NotFoundError(IMAGE_NOT_FOUND)
+        so = t.stored_objects
+        own_upload = sa.and_(
+            so.c.id == key,
+            so.c.workspace_id == me.workspace_id,
+            so.c.uploaded_by == me.user_id,
+            so.c.status.in_(("pending", "ready")),
+        )
+        attached = await tx.conn.execute(
+            so.update().where(own_upload, so.c.attached_at.is_(None)).values(attached_at=now)
+        )
+        if attached.rowcount == 1:
+            return key
+        # Only the failure path pays for telling "already used" from "not yours / missing".
+        if (await tx.conn.execute(sa.select(so.c.id).where(own_upload))).first() is not None:
+            raise ConflictError(
+                "This image is already attached to a message.", details={"field": "image_id"}
+            )
+        raise NotFoundError(IMAGE_NOT_FOUND)
+
+    async def get(
+        self,
+        *,
+        channel_id: str | None = None,
+        conversation_id: str | None = None,
+        parent_message_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> Page[Message]:
+        """A page of messages, newest first, with their read model.
+
+        ``channel_id`` or ``conversation_id`` lists top-level messages; ``parent_message_id``
+        lists that (visible) parent's replies, and a channel or conversation given with it
+        must be the parent's (else the page is empty). ``limit`` is clamped to
+        ``1..limits.max_page_size``. Pass the returned ``cursor`` back for the next page;
+        messages posted meanwhile never shift later pages. Outsiders, non-participants and
+        unknown ids get an empty page.
+
+        Raises:
+            InvalidInputError: no context, a channel and a conversation together, or a
+                malformed ``cursor``.
+        """
+        if parent_message_id is None:
+            if channel_id is None and conversation_id is None:
+                raise InvalidInputError(
+                    "Give a channel, a conversation or a parent message.",
+                    details={"field": "channel_id"},
+                )
+            if channel_id is not None and conversation_id is not None:
+                raise InvalidInputError(
+                    "Give a channel or a conversation, not both.",
+                    details={"field": "conversation_id"},
+                )
+        position = _decode_cursor(cursor) if cursor is not None else None
+        size = max(1, min(int(limit), self.limits.max_page_size))
+        empty: Page[Message] = Page(items=())
+        async with self.query() as q:
+            assert q.user_id is not None  # query() without anonymous=True raises instead
+            scope = await self._scope(
+                q.conn, q.user_id, channel_id, conversation_id, parent_message_id
+            )
+            if scope is None:
+                return empty
+            viewer, condition = scope
+            statement = sa.select(*_MESSAGE_COLUMNS).select_from(_WITH_AUTHOR).where(condition)
+            if position is not None:
+                statement = statement.where(
+                    sa.tuple_(_m.c.created_at, _m.c.id)
+                    < sa.tuple_(
+                        sa.literal(position[0], _m.c.created_at.type),
+                        sa.literal(position[1], _m.c.id.type),
+                    )
+                )
+            rows = (
+                await q.conn.execute(
+                    statement.order_by(_m.c.created_at.desc(), _m.c.id.desc()).limit(size + 1)
+                )
+            ).all()
+            page_rows = rows[:size]
+            items = await _read_models(q.conn, page_rows, viewer, threads=parent_message_id is None)
+        has_more = len(rows) > size
+        last = page_rows[-1] if has_more else None
+        return Page(
+            items=tuple(items),
+            cursor=_encode_cursor(last.created_at, str(last.id)) if last is not None else None,
+            has_more=has_more,
+        )
+
+    @staticmethod
+    async def _scope(
+        conn: AsyncConnection,
+        user_id: str,
+        channel_id: str | None,
+        conversation_id: str | None,
+        parent_message_id: str | None,
+    ) -> tuple[Membership, sa.ColumnElement[bool]] | None:
+        """The caller's membership and the page's filter, or None when nothing is visible."""
+        if parent_message_id is not None:
+            parent = await _visible_message(conn, parent_message_id, user_id)
+            if parent is None:
+                return None
+            if (channel_id is not None and as_id(channel_id) != _opt(parent.row.channel_id)) or (
+                conversation_id is not None
+                and as_id(conversation_id) != _opt(parent.row.conversation_id)
+            ):
+                return None
+            return parent.viewer, _m.c.parent_message_id == str(parent.row.id)
+        container: Any = t.channels if channel_id is not None else t.conversations
+        key = as_id(channel_id if channel_id is not None else conversation_id)
+        if key is None:
+            return None
+        columns = [container.c.workspace_id, _viewer.c.id, _viewer.c.role]
+        if container is t.conversations:
+            columns += [container.c.member_one_id, container.c.member_two_id]
+        row = (
+            await conn.execute(
+                sa.select(*columns)
+                .join(
+                    _viewer,
+                    sa.and_(
+                        _viewer.c.workspace_id == container.c.workspace_id,
+                        _viewer.c.user_id == user_id,
+                    ),
+                )
+                .where(container.c.id == key)
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        viewer = Membership(str(row.id), str(row.workspace_id), user_id, Role(row.role))
+        if container is t.conversations:
+            if not _is_participant(viewer.member_id, row.member_one_id, row.member_two_id):
+                return None
+            return viewer, sa.and_(_m.c.conversation_id == key, _m.c.parent_message_id.is_(None))
+        return viewer, sa.and_(_m.c.channel_id == key, _m.c.parent_message_id.is_(None))
+
+    async def get_by_id(self, message_id: str) -> Message | None:
+        """The message with reactions and thread summary if the caller may read it, else
+        None (missing, another workspace, or a DM the caller does not take part in)."""
+        async with self.query() as q:
+            found = await _visible_message(q.conn, message_id, q.user_id)
+            if found is None:
+                return None
+            (message,) = await _read_models(q.conn, [found.row], found.viewer, threads=True)
+        return message
+
+    async def update(self, message_id: str, *, body: str) -> Message:
+        """Replace the body (the author only); sets ``updated_at``, emits
+        ``message.updated`` and re-indexes the message.
+
+        Raises:
+            InvalidInputError / PayloadTooLargeError: a bad body.
+            NotFoundError: ``Message not found.`` (also when the caller may not read it).
+            PermissionDeniedError: the caller is not the author.
+        """
+        body = validate_message_body(body, max_bytes=self.limits.max_message_bytes)
+        async with self.mutation() as tx:
+            found = await _require_visible(tx, message_id)
+            if str(found.row.member_id) != found.viewer.member_id:
+                raise PermissionDeniedError("Only the author can edit this message.")
+            key, workspace_key, now = str(found.row.id), found.viewer.workspace_id, utcnow()
+            await tx.conn.execute(
+                _m.update().where(_m.c.id == key).values(body=body, updated_at=now)
+            )
+            tx.emit(workspace_key, "message.updated", {"message_id": key, "body": body})
+            tx.audit("message.update", "message", key, workspace_key)
+            tx.index("message", key, workspace_key, body)
+            (message,) = await _read_models(tx.conn, [found.row], found.viewer, threads=True)
+        return message.model_copy(update={"body": body, "updated_at": now})
+
+    async def remove(self, message_id: str) -> None:
+        """Delete a message with its replies, reactions and images (one ``message.deleted``
+        per removed message).
+
+        The author may delete their message; admins and the owner may delete any message of
+        their workspace, direct-conversation messages included (DESIGN decision 2), although
+        they cannot read those.
+
+        Raises:
+            NotFoundError: ``Message not found.`` (missing, another workspace, or a DM the
+                caller neither takes part in nor administers).
+            PermissionDeniedError: a plain member deleting someone else's message.
+        """
+        async with self.mutation() as tx:
+            found = await _find_message(tx.conn, message_id, tx.user_id)
+            if found is None or not (found.participant or found.viewer.is_admin):
+                raise NotFoundError(MESSAGE_NOT_FOUND)
+            is_author = str(found.row.member_id) == found.viewer.member_id
+            if not (is_author or found.viewer.is_admin):
+                raise PermissionDeniedError(
+                    "Only the author or a workspace admin can delete this message."
+                )
+            key, workspace_key = str(found.row.id), found.viewer.workspace_id
+            await delete_messages_where(tx, workspace_key, _m.c.id == key)
+            tx.audit("message.delete", "message", key, workspace_key, {"by_author": is_author})
+
+
+class ReactionStoreImpl(Store):
+    """``persistence.reaction`` of the self-host provider."""
+
+    async def toggle(self, message_id: str, value: str) -> ReactionToggle:
+        """Add the caller's reaction ``value`` to a message they can read, or remove it.
+
+        Race-free against the same member's concurrent toggles: each call is one step of a
+        sequence of adds and removes (the ``UNIQUE(message_id, member_id, value)``
+        constraint orders them), so an even number of concurrent toggles leaves no reaction
+        and an odd number one. Emits ``reaction.toggled``.
+
+        Raises:
+            InvalidInputError: ``Invalid reaction.``
+            NotFoundError: ``Message not found.`` (also when the caller may not read it).
+        """
+        value = validate_reaction(value)
+        async with self.mutation() as tx:
+            found = await _require_visible(tx, message_id)
+            key, me = str(found.row.id), found.viewer
+            added = await self._flip(tx, key, me, value)
+            tx.emit(
+                me.workspace_id,
+                "reaction.toggled",
+                {"message_id": key, "reaction": value, "added": added, "member_id": me.member_id},
+            )
+        return ReactionToggle(message_id=key, value=value, added=added)
+
+    @staticmethod
+    async def _flip(tx: Mutation, message_key: str, me: Membership, value: str) -> bool:
+        """Delete the reaction if present, else insert it; True when inserted.
+
+        ``INSERT .. ON CONFLICT DO NOTHING`` is the race-free form of "insert, and on a
+        unique violation treat the row as already present" that keeps a PostgreSQL
+        transaction usable: a concurrent toggle that inserted the row first makes this
+        round insert nothing, and the next round (which sees that committed row) removes it.
+        """
+        r = t.reactions
+        mine = sa.and_(
+            r.c.message_id == message_key, r.c.member_id == me.member_id, r.c.value == value
+        )
+        insert = postgresql.insert if tx.conn.dialect.name == "postgresql" else sqlite.insert
+        for _ in range(_TOGGLE_ROUNDS):
+            if (await tx.conn.execute(r.delete().where(mine))).rowcount:
+                return False
+            inserted = await tx.conn.execute(
+                insert(r)
+                .values(
+                    id=str(uuid.uuid4()),
+                    workspace_id=me.workspace_id,
+                    message_id=message_key,
+                    member_id=me.member_id,
+                    value=value,
+                    created_at=utcnow(),
+                )
+                .on_conflict_do_nothing(index_elements=[r.c.message_id, r.c.member_id, r.c.value])
+            )
+            if inserted.rowcount:
+                return True
+        raise BackendUnavailableError(retry_after=1)
