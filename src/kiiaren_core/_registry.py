@@ -99,6 +99,12 @@ def get_provider_factory(name: str) -> ProviderFactory:
         raise ProviderNotFoundError(key, available_providers())
     try:
         loaded: ProviderFactory = entry_point.load()
+    except AttributeError as exc:
+        raise ProviderUnavailableError(
+            f"The {key!r} provider's entry point {entry_point.value!r} names nothing "
+            f"importable ({exc}). Reinstall the package that provides it.",
+            details={"name": key, "variable": "KIIAREN_PROVIDER"},
+        ) from exc
     except ImportError as exc:
         hint = _install_hint(key, entry_point)
         raise ProviderUnavailableError(
