@@ -237,10 +237,11 @@ async def test_dialect_name_and_close(migrated_url: str) -> None:
     db = Database.from_url(migrated_url)
     assert db.dialect_name in ("sqlite", "postgresql")
     assert db.is_sqlite is (db.dialect_name == "sqlite")
-    assert not db.closed
+    states = [db.closed]
     await db.aclose()
     await db.aclose()  # idempotent
-    assert db.closed
+    states.append(db.closed)
+    assert states == [False, True]
     with pytest.raises(ProviderClosedError):
         async with db.read():
             pass

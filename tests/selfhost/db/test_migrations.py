@@ -199,10 +199,13 @@ def test_cli_upgrade_current_check_downgrade(
     assert main(["--url", empty_url, "check"]) == 1
     assert MIGRATE_COMMAND in capsys.readouterr().err
     assert main(["--url", empty_url]) == 0  # upgrade is the default command
+    assert capsys.readouterr().out.strip() == head_revision()
     assert main(["--url", empty_url, "current"]) == 0
     assert capsys.readouterr().out.strip() == head_revision()
     assert main(["--url", empty_url, "check"]) == 0
+    capsys.readouterr()
     assert main(["--url", empty_url, "downgrade", "base"]) == 0
+    assert "not migrated" in capsys.readouterr().out
     assert main(["--url", empty_url, "current"]) == 0
     assert "not migrated" in capsys.readouterr().out
 
@@ -212,6 +215,7 @@ def test_cli_reads_the_environment(
 ) -> None:
     monkeypatch.setenv(DATABASE_URL_VARIABLE, empty_url)
     assert migrate_module.main(["upgrade"]) == 0
+    capsys.readouterr()
     assert migrate_module.main(["current"]) == 0
     assert capsys.readouterr().out.strip() == head_revision()
 

@@ -12,6 +12,10 @@ Alembic runs programmatically: the configuration is built in code and points at 
   foreign_key_check`` must come back clean before the transaction commits.
 * :func:`check_schema` is what a provider calls on start when it does not migrate itself.
 
+Note: the package re-exports the *function* :func:`migrate` as ``kiiaren_selfhost.db.migrate``,
+which hides this module of the same name from attribute access. Import names from it with
+``from kiiaren_selfhost.db.migrate import ...`` (or ``importlib.import_module``).
+
 From a shell (``--url`` or ``KIIAREN_SELFHOST_DATABASE_URL`` or the default SQLite file)::
 
     python -m kiiaren_selfhost.db upgrade                # to head
@@ -328,8 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 command.downgrade(config, args.revision, sql=True)
         elif name == "upgrade":
             anyio.run(migrate, url, getattr(args, "revision", "head"))
+            anyio.run(_report, url, False)
         elif name == "downgrade":
             anyio.run(downgrade, url, args.revision)
+            anyio.run(_report, url, False)
         elif name in ("current", "check"):
             anyio.run(_report, url, name == "check")
         else:
@@ -346,7 +352,8 @@ async def _report(url: str, check: bool) -> None:
             await check_schema(db)
             sys.stdout.write(f"ok: the database is at head ({head_revision()})\n")
         else:
-            sys.stdout.write(f"{await current_revision(db) or 'none (not migrated)'}\n")
+            revision = await current_revision(db)
+            sys.stdout.write(f"{revision or 'none (not migrated)'}\n")
 
 
 async def _new_revision(url: str, message: str, autogenerate: bool) -> None:
