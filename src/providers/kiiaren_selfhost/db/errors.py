@@ -4,16 +4,13 @@ Services never see SQLAlchemy, psycopg or sqlite3 exceptions: :meth:`Database.re
 :meth:`Database.write` (see :mod:`kiiaren_selfhost.db.engine`) apply
 :func:`translate_db_errors`, which turns them into :mod:`kiiaren_core.errors`:
 
-==========================================================  ===================================
-database failure                                            raised
-==========================================================  ===================================
-unique, foreign-key, check or exclusion violation           :class:`ConflictError`
-connection refused or lost, server shutting down, too many  :class:`BackendUnavailableError`
-connections, pool timeout, serialization failure or          (``retry_after=1``)
-deadlock, "database is locked" past the busy timeout, disk
-I/O errors
-anything else (NOT NULL violation, SQL error, bug)          re-raised unchanged
-==========================================================  ===================================
+* unique, foreign-key, check or exclusion violation -> :class:`ConflictError`;
+* connection refused or lost, server shutting down, too many connections, pool timeout,
+  serialization failure or deadlock, "database is locked" past the busy timeout, disk I/O
+  errors -> :class:`BackendUnavailableError` with ``retry_after=1`` (safe to retry; the
+  driver's reason is logged on the ``kiiaren_selfhost.db`` logger);
+* anything else (NOT NULL violation, SQL error, a read-only transaction written to, a bug)
+  -> re-raised unchanged.
 
 A :class:`ConflictError` carries ``details = {"violation": "unique" | "foreign_key" | "check",
 "constraint": <name>}`` (the constraint name only when the database reports it; SQLite does
