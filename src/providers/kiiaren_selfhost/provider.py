@@ -24,6 +24,7 @@ from kiiaren_selfhost.events import SelfHostEvents
 from kiiaren_selfhost.runtime import Runtime
 from kiiaren_selfhost.session import SessionState
 from kiiaren_selfhost.settings import SelfHostSettings
+from kiiaren_selfhost.storage import SelfHostStorage
 
 __all__ = ["SelfHostProvider"]
 
@@ -73,6 +74,7 @@ class SelfHostProvider:
         self._auth = SelfHostAuth(self._runtime, self._state)
         self._persistence = SelfHostPersistence(self._runtime, self._auth)
         self._events = SelfHostEvents(self._runtime, self._auth)
+        self._storage = SelfHostStorage(self._runtime, self._auth)
 
     # --- BackendProvider ----------------------------------------------------------------------
 
@@ -98,8 +100,8 @@ class SelfHostProvider:
         return self._events
 
     @property
-    def storage(self) -> Any:
-        return getattr(self, "_storage", None)
+    def storage(self) -> SelfHostStorage:
+        return self._storage
 
     @property
     def extensions(self) -> ExtensionHooks:

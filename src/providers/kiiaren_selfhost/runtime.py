@@ -40,6 +40,7 @@ from kiiaren_selfhost.events.listener import PgNotifier
 from kiiaren_selfhost.events.presence import PresenceTracker
 from kiiaren_selfhost.ratelimit import Limit, RateLimiter
 from kiiaren_selfhost.settings import SelfHostSettings
+from kiiaren_selfhost.storage import create_object_storage
 
 __all__ = ["Runtime"]
 
@@ -67,6 +68,7 @@ class Runtime:
         self.mailer = mailer or create_mailer(settings)
         self.hasher = PasswordHasher.from_settings(settings)
         self.limiter = RateLimiter(self.db)
+        self.files = create_object_storage(settings, self.db)
         self.broker = Broker(self.db)
         self.presence = PresenceTracker(
             self.db, self.publish_ephemeral, offline_after_seconds=settings.presence_offline_seconds
@@ -82,10 +84,11 @@ class Runtime:
             )
         )
         self.capabilities = Capabilities(
-            areas=frozenset({"auth", "persistence", "events", "extensions"}),
+            areas=frozenset({"auth", "persistence", "events", "storage", "extensions"}),
             resume=True,
             presence=True,
             cross_process_events=not settings.is_sqlite,
+            presigned_storage=settings.storage_backend == "s3",
             email_verification=True,
             oauth_providers=tuple(
                 cast(Literal["google", "github"], name)
@@ -213,6 +216,8 @@ class Runtime:
                 await self.hooks.search.index(item)
             except Exception:
                 logger.exception("search hook failed for %s", item.document_type)
+        if removed_files:
+            await self.files.delete_objects(removed_files)
 
     async def publish_ephemeral(self, event: EventEnvelope) -> None:
         """Deliver an event without seq here and, through NOTIFY, in the other processes."""
@@ -243,6 +248,7 @@ class Runtime:
             await self.notifier.aclose()
         for client in self._oauth_clients.values():
             await client.aclose()
+        await self.files.aclose()
         await self.db.aclose()
 
     def track(self, task: asyncio.Task[Any]) -> None:
