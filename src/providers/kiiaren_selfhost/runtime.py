@@ -38,6 +38,7 @@ from kiiaren_selfhost.db import tables as t
 from kiiaren_selfhost.events.broker import Broker
 from kiiaren_selfhost.events.listener import PgNotifier
 from kiiaren_selfhost.events.presence import PresenceTracker
+from kiiaren_selfhost.maintenance import run_periodically
 from kiiaren_selfhost.ratelimit import Limit, RateLimiter
 from kiiaren_selfhost.settings import SelfHostSettings
 from kiiaren_selfhost.storage import create_object_storage
@@ -131,13 +132,14 @@ class Runtime:
 
     async def _start(self) -> None:
         if self.settings.should_auto_migrate:
-            await migrate(self.settings.database_url)
-        await check_schema(self.db.engine)
+            await migrate(self.db)
+        await check_schema(self.db)
         secret = await self._signing_key()
         self._refresh_key = hmac.new(secret, b"kiiaren refresh successor", "sha256").digest()
         self._tokens = TokenService.from_settings(self.settings, secret)
         if self.notifier is not None:
             self.notifier.start()
+        self.spawn(run_periodically(self), name="kiiaren-maintenance")
         self._started = True
 
     async def ready(self) -> None:

@@ -111,6 +111,10 @@ class SelfHostSettings(ProviderSettings):
 
     # --- events -----------------------------------------------------------------------------
     event_retention_seconds: int = Field(default=7 * 86_400, ge=60)
+    """How long the event log keeps events for resume; older ones are pruned."""
+    maintenance_interval_seconds: float = Field(default=300.0, ge=1.0)
+    """How often the background janitor prunes the event log, rate-limit windows, expired
+    OAuth states and orphaned uploads (0 < value; every process runs it, it is idempotent)."""
     subscriber_queue_size: int = Field(default=1_000, ge=10)
     presence_away_seconds: int = Field(default=300, ge=5)
     presence_offline_seconds: int = Field(default=60, ge=1)

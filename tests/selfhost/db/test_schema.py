@@ -37,6 +37,7 @@ EXPECTED_COLUMNS = {
     "domains": "id workspace_id domain verification_token status verified_at created_at created_by",
     "event_streams": "workspace_id last_seq epoch created_at",
     "events": "workspace_id seq id type actor_id payload created_at",
+    "presence": "workspace_id user_id status last_seen_at",
     "idempotency_keys": "key principal method path request_hash status_code response_body "
     "created_at expires_at",
 }

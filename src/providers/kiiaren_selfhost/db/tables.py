@@ -52,6 +52,7 @@ __all__ = [
     "metadata",
     "oauth_accounts",
     "oauth_states",
+    "presence",
     "rate_limits",
     "reactions",
     "refresh_tokens",
@@ -491,6 +492,20 @@ events: Final = sa.Table(
     sa.Index(None, "created_at"),  # retention pruning
 )
 """The transactional outbox: one row per event, gap-free ``seq`` per workspace."""
+
+presence: Final = sa.Table(
+    "presence",
+    metadata,
+    # No foreign keys: presence is soft state; a vanished workspace or user only leaves a row
+    # that snapshots never show (they are read through a membership check).
+    sa.Column("workspace_id", UUIDString(), primary_key=True),
+    sa.Column("user_id", UUIDString(), primary_key=True),
+    _text("status"),
+    _when("last_seen_at"),
+    sa.CheckConstraint("status IN ('online', 'away', 'offline')", name="status"),
+    sa.Index(None, "status", "last_seen_at"),  # the offline sweep
+)
+"""Presence of a user in a workspace (shared by every process; see events/presence.py)."""
 
 idempotency_keys: Final = sa.Table(
     "idempotency_keys",
