@@ -63,35 +63,40 @@ def title_matches(title: str, query: str) -> bool:
 
 
 async def attach_image(
-    tx: Mutation, workspace_id: str, storage_id: str, *, current: str | None
+    tx: Mutation, workspace_id: str, storage_id: str, *, current: str | None, field: str
 ) -> str:
-    """Check that ``storage_id`` is a live upload of ``workspace_id`` and mark it attached.
+    """Mark the caller's unattached upload in ``workspace_id`` as attached; returns its id.
 
-    ``current`` is the id the field holds now (setting it again is a no-op). An object
-    attached elsewhere is refused: deleting either owner would delete the other's file.
+    ``current`` is the id the ``field`` holds now (setting it again is a no-op). As for message
+    images, only the uploader may attach an object, and only once: deleting the doc or board
+    deletes the file, which must not pull it from under something else.
 
     Raises:
-        NotFoundError: ``Image not found.`` for a missing, foreign, deleted or malformed id.
+        NotFoundError: ``Image not found.`` for a missing, foreign, deleted, malformed or
+            someone else's id.
         ConflictError: the object is already attached to something else.
     """
     key = as_id(storage_id)
-    if key is not None and key == current:
+    if key is None:
+        raise NotFoundError(IMAGE_NOT_FOUND, details={"field": field})
+    if key == current:
         return key
     so = t.stored_objects
-    row = await row_by_id(
-        tx.conn,
-        so,
-        key,
+    own_upload = sa.and_(
+        so.c.id == key,
         so.c.workspace_id == workspace_id,
-        so.c.status != "deleting",
-        columns=(so.c.id, so.c.attached_at),
+        so.c.uploaded_by == tx.user_id,
+        so.c.status.in_(("pending", "ready")),
     )
-    if row is None:
-        raise NotFoundError(IMAGE_NOT_FOUND)
-    if row.attached_at is not None:
-        raise ConflictError("This image is already in use.")
-    await tx.conn.execute(so.update().where(so.c.id == row.id).values(attached_at=utcnow()))
-    return str(row.id)
+    attached = await tx.conn.execute(
+        so.update().where(own_upload, so.c.attached_at.is_(None)).values(attached_at=utcnow())
+    )
+    if attached.rowcount == 1:
+        return key
+    # Only the failure path pays for telling "already used" from "not yours / missing".
+    if (await tx.conn.execute(sa.select(so.c.id).where(own_upload))).first() is not None:
+        raise ConflictError("This image is already in use.", details={"field": field})
+    raise NotFoundError(IMAGE_NOT_FOUND, details={"field": field})
 
 
 async def discard_files(tx: Mutation, storage_ids: list[str]) -> None:

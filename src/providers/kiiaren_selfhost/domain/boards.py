@@ -173,7 +173,11 @@ class BoardStoreImpl(Store):
                     None
                     if thumbnail_id is None
                     else await attach_image(
-                        tx, str(old.workspace_id), thumbnail_id, current=current
+                        tx,
+                        str(old.workspace_id),
+                        thumbnail_id,
+                        current=current,
+                        field="thumbnail_id",
                     )
                 )
                 if current is not None and values["thumbnail_id"] != current:

@@ -239,7 +239,9 @@ class DocStoreImpl(Store):
                 values["cover_image_id"] = (
                     None
                     if cover_image_id is None
-                    else await attach_image(tx, workspace_id, cover_image_id, current=current)
+                    else await attach_image(
+                        tx, workspace_id, cover_image_id, current=current, field="cover_image_id"
+                    )
                 )
                 if current is not None and values["cover_image_id"] != current:
                     await discard_files(tx, [current])
