@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
@@ -29,15 +30,21 @@ CHANNEL: Final = "kiiaren_events"
 _MAX_PAYLOAD: Final = 7_900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
 
 
-def notification_payloads(events: Sequence[EventEnvelope]) -> list[str]:
-    """One payload per workspace for durable events (its highest seq), one per ephemeral."""
+def notification_payloads(events: Sequence[EventEnvelope], origin: str) -> list[str]:
+    """One payload per workspace for durable events (its highest seq), one per ephemeral.
+
+    Ephemeral events carry ``origin`` (the sending process) so that process, which delivered
+    them locally already, skips its own notification.
+    """
     highest: dict[str, int] = {}
     payloads: list[str] = []
     for event in events:
         if event.seq is not None:
             highest[event.workspace_id] = max(highest.get(event.workspace_id, 0), event.seq)
         else:
-            body = json.dumps({"e": event.model_dump(mode="json")}, separators=(",", ":"))
+            body = json.dumps(
+                {"e": event.model_dump(mode="json"), "o": origin}, separators=(",", ":")
+            )
             if len(body.encode()) <= _MAX_PAYLOAD:
                 payloads.append(body)
     payloads.extend(
@@ -63,6 +70,7 @@ class PgNotifier:
         on_reconnect: Callable[[], Awaitable[None]],
     ) -> None:
         self._conninfo = _conninfo(database_url)
+        self._origin = uuid.uuid4().hex
         self._on_wake = on_wake
         self._on_ephemeral = on_ephemeral
         self._on_reconnect = on_reconnect
@@ -81,7 +89,7 @@ class PgNotifier:
 
     async def notify(self, events: Sequence[EventEnvelope]) -> None:
         """Wake the other processes for ``events``; failures are logged (the poll covers)."""
-        payloads = notification_payloads(events)
+        payloads = notification_payloads(events, self._origin)
         if not payloads:
             return
         async with self._send_lock:
@@ -130,7 +138,8 @@ class PgNotifier:
         try:
             message = json.loads(payload)
             if "e" in message:
-                await self._on_ephemeral(message["e"])
+                if message.get("o") != self._origin:
+                    await self._on_ephemeral(message["e"])
             else:
                 await self._on_wake(str(message["w"]), int(message["s"]))
         except Exception:

@@ -120,6 +120,9 @@ class SelfHostEventStream:
             cursor=cursor,
         )
         await rt.broker.attach(self._subscription)
+        if not self._pending and cursor == head:
+            # Nothing to replay: receive pushes (ephemeral events included) from now on.
+            await rt.broker.go_live(self._subscription)
         self._last_check = self._last_heartbeat = asyncio.get_running_loop().time()
         await rt.presence.set(self._workspace_id, user_id, PresenceStatus.ONLINE)
 
