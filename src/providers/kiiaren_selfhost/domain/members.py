@@ -71,7 +71,7 @@ class MemberStoreImpl(Store):
     """``persistence.member`` of the self-host provider."""
 
     async def get(self, workspace_id: str) -> list[Member]:
-        async with self.query(anonymous=True) as q:
+        async with self.query() as q:
             me = await find_membership(q.conn, workspace_id, q.user_id)
             if me is None:
                 return []
@@ -98,7 +98,7 @@ class MemberStoreImpl(Store):
         ).one_or_none()
 
     async def get_by_id(self, member_id: str) -> Member | None:
-        async with self.query(anonymous=True) as q:
+        async with self.query() as q:
             row = await self._target(q.conn, member_id)
             if row is None:
                 return None
@@ -108,7 +108,7 @@ class MemberStoreImpl(Store):
         return member_from_row(row, show_email=me.is_admin or me.member_id == str(row.id))
 
     async def get_current(self, workspace_id: str) -> Member | None:
-        async with self.query(anonymous=True) as q:
+        async with self.query() as q:
             me = await find_membership(q.conn, workspace_id, q.user_id)
             if me is None:
                 return None
