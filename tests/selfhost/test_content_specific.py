@@ -372,6 +372,21 @@ async def test_failed_recheck_and_removal_recompute_the_flags(
     code = (await owner.persistence.workspace.get(ws.id)).join_code  # type: ignore[union-attr]
     assert code is not None
     assert (await joiner.persistence.workspace.join(ws.id, join_code=code)).role is Role.MEMBER
+    async with provider._runtime.db.read() as conn:
+        logged = await conn.execute(
+            sa.select(t.events.c.type, t.events.c.payload)
+            .where(t.events.c.workspace_id == ws.id, t.events.c.type.startswith("domain."))
+            .order_by(t.events.c.seq)
+        )
+        events = [(row.type, row.payload["domain"], row.payload["error"]) for row in logged]
+    assert events == [
+        ("domain.added", first, None),
+        ("domain.verified", first, None),
+        ("domain.added", second, None),
+        ("domain.verified", second, None),
+        ("domain.verification_failed", first, result.error),
+        ("domain.removed", second, None),
+    ]
 
 
 async def test_dns_errors_change_nothing(
