@@ -23,9 +23,11 @@ or transfer ownership), ``admin``, ``member``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
+
+from pydantic import ConfigDict, Field
 
 from kiiaren_core.capabilities import Capabilities
 from kiiaren_core.events import EventEnvelope, StreamItem
@@ -49,6 +51,7 @@ from kiiaren_core.models import (
     InvitePreview,
     InviteRedemption,
     InviteValidation,
+    KiiarenModel,
     Member,
     Message,
     OAuthStart,
@@ -79,14 +82,19 @@ __all__ = [
     "ConversationStore",
     "DocStore",
     "DomainStore",
+    "Download",
     "EventCallback",
     "EventStream",
     "EventsProvider",
+    "IdempotencyStore",
+    "IdempotentReplay",
     "InviteStore",
     "MemberStore",
     "MessageStore",
+    "OperableProvider",
     "PersistenceProvider",
     "ReactionStore",
+    "ServedStorage",
     "StorageProvider",
     "Unsubscribe",
     "WorkspaceStore",
@@ -810,3 +818,90 @@ class BackendProvider(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+# --- what a server needs from a provider it hosts (optional; checked with isinstance) ------
+
+
+class IdempotentReplay(KiiarenModel):
+    """A stored answer to replay for a repeated ``Idempotency-Key``."""
+
+    status_code: int
+    body: str
+    content_type: str = "application/json"
+
+
+@runtime_checkable
+class IdempotencyStore(Protocol):
+    """Durable ``Idempotency-Key`` records, shared by every server process.
+
+    A request fingerprint (method, path, body hash) is bound to ``(principal, key)``. The
+    first request claims the key and later completes it with its answer; repeats replay that
+    answer; a different fingerprint, or a repeat while the first is still running, is refused.
+    """
+
+    async def claim(
+        self, principal: str, key: str, fingerprint: str, *, ttl_seconds: float
+    ) -> IdempotentReplay | None:
+        """``None``: proceed (then :meth:`complete` or :meth:`release`). A replay: answer it.
+
+        Raises:
+            IdempotencyConflictError: another fingerprint holds the key, or the first request
+                with this key has not finished yet.
+        """
+        ...
+
+    async def complete(self, principal: str, key: str, replay: IdempotentReplay) -> None:
+        """Store the answer of a claimed key."""
+        ...
+
+    async def release(self, principal: str, key: str) -> None:
+        """Forget a claim whose request failed in a way worth retrying (5xx)."""
+        ...
+
+
+class Download(KiiarenModel):
+    """An object being served: its metadata and its bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    content_type: str
+    size: int
+    filename: str | None = None
+    chunks: Any = Field(repr=False)
+    """An async iterator of ``bytes``."""
+
+
+@runtime_checkable
+class ServedStorage(Protocol):
+    """A storage whose signed URLs point at the hosting server (local disk), not at a bucket."""
+
+    async def receive_upload(
+        self,
+        storage_id: str,
+        params: Mapping[str, str],
+        content_type: str,
+        chunks: AsyncIterator[bytes],
+    ) -> StoredObject:
+        """Store the bytes of a signed upload URL (signature, expiry, size and type checked)."""
+        ...
+
+    async def open_download(self, storage_id: str, params: Mapping[str, str]) -> Download:
+        """Open the object of a signed download URL (NotFoundError / NotAuthenticatedError)."""
+        ...
+
+
+@runtime_checkable
+class OperableProvider(Protocol):
+    """Operations a self-hosted deployment's tooling runs on the root provider."""
+
+    async def migrate(self) -> None:
+        """Bring the backend's schema to the current version."""
+        ...
+
+    async def check_ready(self) -> None:
+        """Raise BackendUnavailableError unless the database and storage answer."""
+        ...
+
+    @property
+    def idempotency(self) -> IdempotencyStore: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pytest
 
@@ -36,7 +37,7 @@ class TestUser:
 class ConformanceBase:
     """Fixtures every conformance mixin uses. Subclasses override :meth:`provider`."""
 
-    pytestmark = pytest.mark.anyio
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.anyio]
 
     @pytest.fixture
     async def provider(self) -> BackendProvider:

@@ -58,7 +58,7 @@ class EventsConformance(ConformanceBase):
         async with user.provider.events.stream(workspace.id, types=["test.*"]) as stream:
             sent = [await ping(user.provider, workspace, n) for n in range(5)]
             got = await next_events(stream, 5)
-        assert [e.payload["n"] for e in got] == [0, 1, 2, 3, 4]  # type: ignore[index]
+        assert [e.payload["n"] for e in got] == [0, 1, 2, 3, 4]
         seqs = [e.seq for e in got]
         assert seqs == [e.seq for e in sent]
         assert all(b == a + 1 for a, b in itertools.pairwise(seqs))  # type: ignore[operator]
@@ -120,8 +120,8 @@ class EventsConformance(ConformanceBase):
             replayed = await next_events(resumed, 30)
             await ping(user.provider, workspace, 31)
             (live,) = await next_events(resumed, 1)
-        assert [e.payload["n"] for e in replayed] == list(range(1, 31))  # type: ignore[index]
-        assert live.payload["n"] == 31  # type: ignore[index]
+        assert [e.payload["n"] for e in replayed] == list(range(1, 31))
+        assert live.payload["n"] == 31
         assert len({e.id for e in [*replayed, live]}) == 31
 
     async def test_resume_from_position_sees_only_later_events(
@@ -137,7 +137,7 @@ class EventsConformance(ConformanceBase):
         ) as stream:
             (event,) = await next_events(stream, 1)
         assert event.seq == position.seq + 1
-        assert event.payload["n"] == 1  # type: ignore[index]
+        assert event.payload["n"] == 1
 
     async def test_resume_from_the_future_is_not_recovered(
         self, user: TestUser, workspace: Workspace
@@ -197,7 +197,7 @@ class EventsConformance(ConformanceBase):
             await ping(user.provider, other, 99)
             await ping(user.provider, workspace, 1)
             (event,) = await next_events(stream, 1)
-        assert event.payload["n"] == 1  # type: ignore[index]
+        assert event.payload["n"] == 1
 
     async def test_a_removed_member_stops_receiving(
         self, user: TestUser, workspace: Workspace, make_user: MakeUser
