@@ -204,7 +204,9 @@ async def claim_invite(tx: Mutation, code: str, *, workspace_id: str | None) -> 
     row = await _by_code(tx.conn, key) if key is not None else None
     if row is None:
         raise InviteLinkError(
-            str(code), "not_found", "Invalid invite link." if workspace_id else INVITE_NOT_FOUND
+            str(code),
+            "not_found",
+            "Invalid invite link." if workspace_id is not None else INVITE_NOT_FOUND,
         )
     if workspace_id is not None and str(row.workspace_id) != workspace_id:
         raise InviteLinkError(str(code), "not_found", "Invalid invite link for this workspace.")
