@@ -274,7 +274,7 @@ class WorkspaceStoreImpl(Store):
     async def regenerate_join_code(self, workspace_id: str) -> str:
         async with self.mutation() as tx:
             membership = require_admin(await require_membership(tx.conn, workspace_id, tx.user_id))
-            current = (await self._row(tx.conn, membership.workspace_id)).join_code
+            current = str((await self._row(tx.conn, membership.workspace_id)).join_code)
 
             async def taken(code: str) -> bool:
                 return code == current
