@@ -45,13 +45,11 @@ class ConformanceBase:
         pytest.fail("Override the `provider` fixture to run the conformance suite.")
 
     @pytest.fixture(autouse=True)
-    def _required_capabilities(self, request: pytest.FixtureRequest) -> None:
+    def _required_capabilities(
+        self, request: pytest.FixtureRequest, provider: BackendProvider
+    ) -> None:
         """Skip tests whose ``requires_capability`` the provider does not declare."""
-        markers = list(request.node.iter_markers("requires_capability"))
-        if not markers:
-            return
-        provider: BackendProvider = request.getfixturevalue("provider")
-        for marker in markers:
+        for marker in request.node.iter_markers("requires_capability"):
             for name in marker.args:
                 if not provider.capabilities.has(name):
                     pytest.skip(f"provider {provider.id!r} does not declare {name!r}")
