@@ -60,12 +60,14 @@ def moto_endpoint() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    wsgi_server = server._server
     try:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
-        # stop() shuts the serving loop down but leaves the listening socket open.
-        server._server.server_close()
+        # stop() ends the serving loop but leaves the listening socket open.
+        if wsgi_server is not None:
+            wsgi_server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -584,7 +584,7 @@ async def test_local_expired_ticket(
         )
     # Bytes fully written only after the expiry are refused and deleted on completion.
     grant = await server.verify_upload(ticket, "image/png")
-    await files.backend.write_stream(grant.object_key, chunks_of(b"late bytes"), 10)  # type: ignore[attr-defined]
+    await server.backend.write_stream(grant.object_key, chunks_of(b"late bytes"), 10)
     await set_row(
         selfhost_provider,
         ticket.storage_id,
