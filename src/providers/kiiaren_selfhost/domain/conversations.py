@@ -120,9 +120,12 @@ class ConversationStoreImpl(Store):
                 .on_conflict_do_nothing(
                     index_elements=[_c.c.workspace_id, _c.c.member_one_id, _c.c.member_two_id]
                 )
+                # RETURNING, not rowcount: drivers need not report an INSERT's row count.
+                .returning(_c.c.id)
             )
+            won = created.first() is not None
             row = await _find_pair(tx.conn, me.workspace_id, pair)
-            if created.rowcount:
+            if won:
                 tx.emit(
                     me.workspace_id,
                     "conversation.created",

@@ -6,9 +6,13 @@ conversation (or a reply in one) only to the conversation's two participants. An
 behaves like a missing message.
 
 The read model of a page is built in a constant number of queries whatever the page size:
-the page itself joined with its authors (member and user), every reaction of the page's
-messages, and the thread summaries of the page's messages (one windowed query). A page is a
-keyset slice over ``(created_at, id)``, newest first, with an opaque cursor.
+the page itself, joined with its authors (member and user) and carrying each message's thread
+summary (correlated subqueries over the ``(parent_message_id, created_at, id)`` index), and
+one query for every reaction of the page's messages. A page is a keyset slice over
+``(created_at, id)``, newest first, with an opaque cursor.
+
+The statements are built once at import (values go in as bound parameters), so a request
+pays for execution, not for constructing SQL.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, Final
 
@@ -29,7 +33,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kiiaren_core.errors import (
     BackendUnavailableError,
-    ConflictError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
@@ -47,13 +50,13 @@ from kiiaren_core.validation import validate_message_body, validate_reaction
 from kiiaren_selfhost.clock import utcnow
 from kiiaren_selfhost.db import tables as t
 from kiiaren_selfhost.domain._access import Membership, as_id
+from kiiaren_selfhost.domain._content import attach_image
 from kiiaren_selfhost.domain._unit import Mutation, Store
 from kiiaren_selfhost.domain._views import MEMBER_COLUMNS, member_from_row
 from kiiaren_selfhost.domain.members import delete_messages_where
 
 __all__ = [
     "CONVERSATION_NOT_FOUND",
-    "IMAGE_NOT_FOUND",
     "MESSAGE_NOT_FOUND",
     "PARENT_NOT_FOUND",
     "MessageStoreImpl",
@@ -64,7 +67,6 @@ MESSAGE_NOT_FOUND: Final = "Message not found."
 PARENT_NOT_FOUND: Final = "Parent message not found."
 CHANNEL_NOT_FOUND: Final = "Channel not found."
 CONVERSATION_NOT_FOUND: Final = "Conversation not found."
-IMAGE_NOT_FOUND: Final = "Image not found."
 WORKSPACE_NOT_FOUND: Final = "Workspace not found."
 
 # A toggle that keeps losing races to the same member's concurrent toggles gives up after
@@ -72,31 +74,171 @@ WORKSPACE_NOT_FOUND: Final = "Workspace not found."
 _TOGGLE_ROUNDS: Final = 5
 
 _m = t.messages
-_author = t.members.alias("author")
 _viewer = t.members.alias("viewer")
+_cv = t.conversations
 
-_MESSAGE_COLUMNS: Final = (
-    _m.c.id,
-    _m.c.workspace_id,
-    _m.c.member_id,
-    _m.c.body,
-    _m.c.channel_id,
-    _m.c.conversation_id,
-    _m.c.parent_message_id,
-    _m.c.image_id,
-    _m.c.created_at,
-    _m.c.updated_at,
-    _author.c.user_id.label("author_user_id"),
-    _author.c.role.label("author_role"),
-    _author.c.joined_at.label("author_joined_at"),
-    t.users.c.name.label("author_name"),
-    t.users.c.image.label("author_image"),
-    t.users.c.email.label("author_email"),
+
+def _read_model_query(src: Any, *, threads: bool) -> tuple[list[Any], Any]:
+    """The columns and FROM clause of the read model of the messages in ``src`` (the
+    messages table, or a subquery of its rows): each message with its author's member and
+    user columns (see :func:`_message`) and, with ``threads``, its thread summary.
+
+    The summary is computed per message of ``src`` by correlated subqueries over the
+    ``(parent_message_id, created_at, id)`` index: the reply count, and the newest reply
+    joined with its author.
+    """
+    author, author_user = t.members.alias("author"), t.users.alias("author_user")
+    columns: list[Any] = [
+        src.c.id,
+        src.c.workspace_id,
+        src.c.member_id,
+        src.c.body,
+        src.c.channel_id,
+        src.c.conversation_id,
+        src.c.parent_message_id,
+        src.c.image_id,
+        src.c.created_at,
+        src.c.updated_at,
+        author.c.user_id.label("author_user_id"),
+        author.c.role.label("author_role"),
+        author.c.joined_at.label("author_joined_at"),
+        author_user.c.name.label("author_name"),
+        author_user.c.image.label("author_image"),
+        author_user.c.email.label("author_email"),
+    ]
+    source = src.join(author, author.c.id == src.c.member_id).join(
+        author_user, author_user.c.id == author.c.user_id
+    )
+    if threads:
+        reply, last_reply = t.messages.alias("reply"), t.messages.alias("last_reply")
+        replier, replier_user = t.members.alias("replier"), t.users.alias("replier_user")
+        newest_reply_id = (
+            sa.select(reply.c.id)
+            .where(reply.c.parent_message_id == src.c.id)
+            .order_by(reply.c.created_at.desc(), reply.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        columns += [
+            sa.select(sa.func.count())
+            .where(reply.c.parent_message_id == src.c.id)
+            .scalar_subquery()
+            .label("thread_count"),
+            last_reply.c.created_at.label("thread_last_at"),
+            replier_user.c.name.label("thread_name"),
+            replier_user.c.image.label("thread_image"),
+        ]
+        source = (
+            source.outerjoin(last_reply, last_reply.c.id == newest_reply_id)
+            .outerjoin(replier, replier.c.id == last_reply.c.member_id)
+            .outerjoin(replier_user, replier_user.c.id == replier.c.user_id)
+        )
+    return columns, source
+
+
+def _page_statement(condition: sa.ColumnElement[bool], *, threads: bool) -> sa.Select[Any]:
+    """A page of messages matching ``condition`` after the keyset position ``before_at`` /
+    ``before_id``, newest first, ``size`` rows, with their read model.
+
+    The page is cut in a subquery first, so authors and thread summaries are looked up for
+    the page's rows only, whatever plan the database picks for the keyset scan.
+    """
+    page = (
+        sa.select(_m)
+        .where(
+            condition,
+            sa.tuple_(_m.c.created_at, _m.c.id)
+            < sa.tuple_(
+                sa.bindparam("before_at", type_=_m.c.created_at.type),
+                sa.bindparam("before_id", type_=_m.c.id.type),
+            ),
+        )
+        .order_by(_m.c.created_at.desc(), _m.c.id.desc())
+        .limit(sa.bindparam("size", type_=sa.Integer()))
+        .subquery("page")
+    )
+    columns, source = _read_model_query(page, threads=threads)
+    return (
+        sa.select(*columns).select_from(source).order_by(page.c.created_at.desc(), page.c.id.desc())
+    )
+
+
+_PAGES: Final = {
+    "channel": _page_statement(
+        sa.and_(_m.c.channel_id == sa.bindparam("key"), _m.c.parent_message_id.is_(None)),
+        threads=True,
+    ),
+    "conversation": _page_statement(
+        sa.and_(_m.c.conversation_id == sa.bindparam("key"), _m.c.parent_message_id.is_(None)),
+        threads=True,
+    ),
+    # Replies cannot have replies: their thread summary is always empty.
+    "parent": _page_statement(_m.c.parent_message_id == sa.bindparam("key"), threads=False),
+}
+"""Page statements by context (bound: ``key``, ``before_at``, ``before_id``, ``size``)."""
+
+# The first page starts after the newest possible position (the keyset condition stays, so
+# every page of a context runs the same statement).
+_FIRST_POSITION: Final = (
+    datetime(9999, 12, 31, tzinfo=UTC),
+    "ffffffff-ffff-ffff-ffff-ffffffffffff",
 )
-"""A message with its author's member and user columns (see :func:`_message`)."""
 
-_WITH_AUTHOR: Final = _m.join(_author, _author.c.id == _m.c.member_id).join(
-    t.users, t.users.c.id == _author.c.user_id
+
+def _scope_statement(container: sa.Table) -> sa.Select[Any]:
+    """A channel's or conversation's workspace with the caller's membership of it (bound:
+    ``key``, ``user_id``); conversations also give their two members."""
+    columns: list[Any] = [container.c.workspace_id, _viewer.c.id, _viewer.c.role]
+    if container is t.conversations:
+        columns += [container.c.member_one_id, container.c.member_two_id]
+    return (
+        sa.select(*columns)
+        .join(
+            _viewer,
+            sa.and_(
+                _viewer.c.workspace_id == container.c.workspace_id,
+                _viewer.c.user_id == sa.bindparam("user_id"),
+            ),
+        )
+        .where(container.c.id == sa.bindparam("key"))
+    )
+
+
+_SCOPES: Final = {"channel": _scope_statement(t.channels), "conversation": _scope_statement(_cv)}
+
+
+def _find_statement(*, threads: bool) -> sa.Select[Any]:
+    """One message with its read model, the caller's membership of its workspace and its
+    conversation's members (bound: ``key``, ``user_id``)."""
+    columns, source = _read_model_query(_m, threads=threads)
+    return (
+        sa.select(
+            *columns,
+            _viewer.c.id.label("viewer_id"),
+            _viewer.c.role.label("viewer_role"),
+            _cv.c.member_one_id,
+            _cv.c.member_two_id,
+        )
+        .select_from(
+            source.join(
+                _viewer,
+                sa.and_(
+                    _viewer.c.workspace_id == _m.c.workspace_id,
+                    _viewer.c.user_id == sa.bindparam("user_id"),
+                ),
+            ).outerjoin(_cv, _cv.c.id == _m.c.conversation_id)
+        )
+        .where(_m.c.id == sa.bindparam("key"))
+    )
+
+
+_FIND: Final = _find_statement(threads=False)
+_FIND_WITH_THREAD: Final = _find_statement(threads=True)
+
+_REACTIONS: Final = (
+    sa.select(t.reactions.c.message_id, t.reactions.c.value, t.reactions.c.member_id)
+    .where(t.reactions.c.message_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(t.reactions.c.created_at, t.reactions.c.id)
 )
 
 
@@ -133,13 +275,21 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 # --- read model -----------------------------------------------------------------------------
 
 
-def _message(
-    row: Any,
-    viewer: Membership,
-    reactions: tuple[ReactionGroup, ...] = (),
-    thread: ThreadSummary | None = None,
-) -> Message:
-    """A message row (with :data:`_MESSAGE_COLUMNS`) as the viewer sees it.
+def _thread(row: Any) -> ThreadSummary:
+    """The thread summary of a read-model row (empty for rows without summary columns)."""
+    count = getattr(row, "thread_count", 0)
+    if not count:
+        return ThreadSummary()
+    return ThreadSummary(
+        count=count,
+        last_reply_at=row.thread_last_at,
+        last_replier_name=row.thread_name,
+        last_replier_image=row.thread_image,
+    )
+
+
+def _message(row: Any, viewer: Membership, reactions: tuple[ReactionGroup, ...] = ()) -> Message:
+    """A read-model row (see :func:`_read_model_query`) as the viewer sees it.
 
     The author's email is shown to admin viewers and to the author; ``image_url`` is left
     None: clients resolve ``image_id`` through ``storage.get_url``.
@@ -170,99 +320,32 @@ def _message(
         updated_at=row.updated_at,
         member=author,
         reactions=reactions,
-        thread=thread or ThreadSummary(),
+        thread=_thread(row),
     )
-
-
-async def _reaction_groups(
-    conn: AsyncConnection, message_ids: Sequence[str]
-) -> dict[str, tuple[ReactionGroup, ...]]:
-    """Reactions of the messages, grouped by value in first-seen order (one query)."""
-    if not message_ids:
-        return {}
-    r = t.reactions
-    rows = await conn.execute(
-        sa.select(r.c.message_id, r.c.value, r.c.member_id)
-        .where(r.c.message_id.in_(message_ids))
-        .order_by(r.c.created_at, r.c.id)
-    )
-    grouped: dict[str, dict[str, dict[str, None]]] = {}
-    for message_id, value, member_id in rows:
-        # dicts keep insertion order: first-seen values, and member ids deduplicated in order.
-        grouped.setdefault(str(message_id), {}).setdefault(value, {})[str(member_id)] = None
-    return {
-        message_id: tuple(
-            ReactionGroup(value=value, count=len(members), member_ids=tuple(members))
-            for value, members in values.items()
-        )
-        for message_id, values in grouped.items()
-    }
-
-
-async def _thread_summaries(
-    conn: AsyncConnection, message_ids: Sequence[str]
-) -> dict[str, ThreadSummary]:
-    """Reply count, last reply time and last replier of each message (one query).
-
-    A window over each thread counts its replies and ranks them newest first; only the
-    newest reply of each thread is joined with its author.
-    """
-    if not message_ids:
-        return {}
-    reply = t.messages.alias("reply")
-    ranked = (
-        sa.select(
-            reply.c.parent_message_id,
-            reply.c.member_id,
-            reply.c.created_at,
-            sa.func.count().over(partition_by=reply.c.parent_message_id).label("replies"),
-            sa.func.row_number()
-            .over(
-                partition_by=reply.c.parent_message_id,
-                order_by=(reply.c.created_at.desc(), reply.c.id.desc()),
-            )
-            .label("rank"),
-        )
-        .where(reply.c.parent_message_id.in_(message_ids))
-        .subquery()
-    )
-    replier = t.members.alias("replier")
-    rows = await conn.execute(
-        sa.select(
-            ranked.c.parent_message_id,
-            ranked.c.replies,
-            ranked.c.created_at,
-            t.users.c.name,
-            t.users.c.image,
-        )
-        .select_from(
-            ranked.join(replier, replier.c.id == ranked.c.member_id).join(
-                t.users, t.users.c.id == replier.c.user_id
-            )
-        )
-        .where(ranked.c.rank == 1)
-    )
-    return {
-        str(row.parent_message_id): ThreadSummary(
-            count=int(row.replies),
-            last_reply_at=row.created_at,
-            last_replier_name=row.name,
-            last_replier_image=row.image,
-        )
-        for row in rows
-    }
 
 
 async def _read_models(
-    conn: AsyncConnection, rows: Sequence[Any], viewer: Membership, *, threads: bool
+    conn: AsyncConnection, rows: Sequence[Any], viewer: Membership
 ) -> list[Message]:
-    """The full read model of message rows in two more queries (one when ``threads`` is
-    False: replies have no threads of their own)."""
-    ids = [str(row.id) for row in rows]
-    reactions = await _reaction_groups(conn, ids)
-    summaries = await _thread_summaries(conn, ids) if threads else {}
+    """The read model of message rows: one more query, for their reactions grouped by value
+    in first-seen order (member ids deduplicated in order)."""
+    if not rows:
+        return []
+    grouped: dict[str, dict[str, dict[str, None]]] = {}
+    for message_id, value, member_id in await conn.execute(
+        _REACTIONS, {"ids": [str(row.id) for row in rows]}
+    ):
+        # dicts keep insertion order: first-seen values, and member ids deduplicated in order.
+        grouped.setdefault(str(message_id), {}).setdefault(value, {})[str(member_id)] = None
     return [
-        _message(row, viewer, reactions.get(str(row.id), ()), summaries.get(str(row.id)))
+        _message(
+            row,
+            viewer,
+            tuple(
+                ReactionGroup(value=value, count=len(members), member_ids=tuple(members))
+                for value, members in grouped.get(str(row.id), {}).items()
+            ),
+        )
         for row in rows
     ]
 
@@ -281,32 +364,17 @@ class _Visible:
 
 
 async def _find_message(
-    conn: AsyncConnection, message_id: str | None, user_id: str | None
+    conn: AsyncConnection, message_id: str | None, user_id: str | None, *, threads: bool = False
 ) -> _Visible | None:
-    """The message and the caller's standing in one query; None if missing or the caller is
-    not a member of its workspace. DM participation is reported, not enforced."""
+    """The message and the caller's standing in one query (with its thread summary when
+    ``threads``); None if missing or the caller is not a member of its workspace. DM
+    participation is reported, not enforced."""
     key = as_id(message_id)
     if key is None or user_id is None:
         return None
-    cv = t.conversations
     row = (
         await conn.execute(
-            sa.select(
-                *_MESSAGE_COLUMNS,
-                _viewer.c.id.label("viewer_id"),
-                _viewer.c.role.label("viewer_role"),
-                cv.c.member_one_id,
-                cv.c.member_two_id,
-            )
-            .select_from(
-                _WITH_AUTHOR.join(
-                    _viewer,
-                    sa.and_(
-                        _viewer.c.workspace_id == _m.c.workspace_id, _viewer.c.user_id == user_id
-                    ),
-                ).outerjoin(cv, cv.c.id == _m.c.conversation_id)
-            )
-            .where(_m.c.id == key)
+            _FIND_WITH_THREAD if threads else _FIND, {"key": key, "user_id": user_id}
         )
     ).one_or_none()
     if row is None:
@@ -319,27 +387,69 @@ async def _find_message(
 
 
 async def _visible_message(
-    conn: AsyncConnection, message_id: str | None, user_id: str | None
+    conn: AsyncConnection, message_id: str | None, user_id: str | None, *, threads: bool = False
 ) -> _Visible | None:
     """The message if the caller may read it (member, and participant for DMs), else None."""
-    found = await _find_message(conn, message_id, user_id)
+    found = await _find_message(conn, message_id, user_id, threads=threads)
     return found if found is not None and found.participant else None
 
 
-async def _require_visible(tx: Mutation, message_id: str) -> _Visible:
-    found = await _visible_message(tx.conn, message_id, tx.user_id)
+async def _require_visible(tx: Mutation, message_id: str, *, threads: bool = False) -> _Visible:
+    found = await _visible_message(tx.conn, message_id, tx.user_id, threads=threads)
     if found is None:
         raise NotFoundError(MESSAGE_NOT_FOUND)
     return found
 
 
-def _same_workspace(table: Any, given_id: str | None, workspace_id: Any) -> sa.ColumnElement[bool]:
-    """Join condition: ``table``'s row ``given_id`` if it is in ``workspace_id`` (never for a
-    malformed id)."""
-    key = as_id(given_id)
-    if key is None:
-        return sa.false()
-    return sa.and_(table.c.id == key, table.c.workspace_id == workspace_id)
+def _context_statement(kind: str) -> sa.Select[Any]:
+    """The caller's member row (:data:`MEMBER_COLUMNS`) with the context a new message
+    goes into, joined only when it is in the same workspace (bound: ``workspace_id``,
+    ``user_id``, ``ctx``; a NULL ``ctx`` matches nothing)."""
+    me = t.members
+    columns: list[Any] = list(MEMBER_COLUMNS)
+    source: Any = me.join(t.users, t.users.c.id == me.c.user_id)
+    if kind == "parent":
+        parent = t.messages.alias("parent")
+        source = source.outerjoin(
+            parent,
+            sa.and_(parent.c.id == sa.bindparam("ctx"), parent.c.workspace_id == me.c.workspace_id),
+        ).outerjoin(_cv, _cv.c.id == parent.c.conversation_id)
+        columns += [
+            parent.c.id.label("ctx_parent_id"),
+            parent.c.channel_id.label("ctx_channel_id"),
+            parent.c.conversation_id.label("ctx_conversation_id"),
+            parent.c.parent_message_id.label("ctx_grandparent_id"),
+        ]
+    elif kind == "channel":
+        ch = t.channels
+        source = source.outerjoin(
+            ch, sa.and_(ch.c.id == sa.bindparam("ctx"), ch.c.workspace_id == me.c.workspace_id)
+        )
+        columns.append(ch.c.id.label("ctx_channel_id"))
+    else:
+        source = source.outerjoin(
+            _cv,
+            sa.and_(_cv.c.id == sa.bindparam("ctx"), _cv.c.workspace_id == me.c.workspace_id),
+        )
+        columns.append(_cv.c.id.label("ctx_conversation_id"))
+    if kind != "channel":
+        columns += [
+            _cv.c.member_one_id.label("ctx_member_one_id"),
+            _cv.c.member_two_id.label("ctx_member_two_id"),
+        ]
+    return (
+        sa.select(*columns)
+        .select_from(source)
+        .where(
+            me.c.workspace_id == sa.bindparam("workspace_id"),
+            me.c.user_id == sa.bindparam("user_id"),
+        )
+    )
+
+
+_CONTEXTS: Final = {
+    kind: _context_statement(kind) for kind in ("parent", "channel", "conversation")
+}
 
 
 # --- stores ---------------------------------------------------------------------------------
@@ -379,7 +489,7 @@ class MessageStoreImpl(Store):
                 ``Conversation not found.`` (also for non-participants),
                 ``Parent message not found.``, ``Image not found.``, each also for ids of
                 another workspace.
-            ConflictError: the image is already attached to a message.
+            ConflictError: the image is already attached to something.
         """
         body = validate_message_body(body, max_bytes=self.limits.max_message_bytes)
         if parent_message_id is None:
@@ -416,10 +526,12 @@ class MessageStoreImpl(Store):
                 raise NotFoundError(CONVERSATION_NOT_FOUND)
             else:
                 channel_key, conversation_key = None, str(row.ctx_conversation_id)
-            now = utcnow()
             image_key = None
             if image_id is not None:
-                image_key = await self._attach_image(tx, me, image_id, now)
+                image_key = await attach_image(
+                    tx, me.workspace_id, image_id, current=None, field="image_id"
+                )
+            now = utcnow()
             message_id = str(uuid.uuid4())
             await tx.conn.execute(
                 _m.insert().values(
@@ -469,50 +581,24 @@ class MessageStoreImpl(Store):
         conversation_id: str | None,
         parent_message_id: str | None,
     ) -> Any:
-        """The caller's member row (:data:`MEMBER_COLUMNS`) and the context it posts into, in
-        one query.
+        """The caller's member row and the context it posts into (one query): the parent
+        when given, else the channel, else the conversation with its two members.
 
-        The context (the parent when given, else the channel, else the conversation, with
-        the conversation's participants) is joined only when it belongs to the same
-        workspace, so a foreign or malformed id reads exactly like a missing one: its
-        ``ctx_*`` columns are NULL. None when the caller is not a member of the workspace.
+        A foreign or malformed id reads exactly like a missing one (its ``ctx_*`` columns
+        are NULL). None when the caller is not a member of the workspace.
         """
         workspace_key = as_id(workspace_id)
         if workspace_key is None:
             return None
-        me, cv = t.members, t.conversations
-        columns: list[Any] = list(MEMBER_COLUMNS)
-        source: Any = me.join(t.users, t.users.c.id == me.c.user_id)
+        given: str | None
         if parent_message_id is not None:
-            parent = t.messages.alias("parent")
-            source = source.outerjoin(
-                parent, _same_workspace(parent, parent_message_id, me.c.workspace_id)
-            ).outerjoin(cv, cv.c.id == parent.c.conversation_id)
-            columns += [
-                parent.c.id.label("ctx_parent_id"),
-                parent.c.channel_id.label("ctx_channel_id"),
-                parent.c.conversation_id.label("ctx_conversation_id"),
-                parent.c.parent_message_id.label("ctx_grandparent_id"),
-            ]
+            kind, given = "parent", parent_message_id
         elif channel_id is not None:
-            ch = t.channels
-            source = source.outerjoin(ch, _same_workspace(ch, channel_id, me.c.workspace_id))
-            columns.append(ch.c.id.label("ctx_channel_id"))
+            kind, given = "channel", channel_id
         else:
-            source = source.outerjoin(cv, _same_workspace(cv, conversation_id, me.c.workspace_id))
-            columns.append(cv.c.id.label("ctx_conversation_id"))
-        if parent_message_id is not None or channel_id is None:
-            columns += [
-                cv.c.member_one_id.label("ctx_member_one_id"),
-                cv.c.member_two_id.label("ctx_member_two_id"),
-            ]
-        return (
-            await tx.conn.execute(
-                sa.select(*columns)
-                .select_from(source)
-                .where(me.c.workspace_id == workspace_key, me.c.user_id == tx.user_id)
-            )
-        ).one_or_none()
+            kind, given = "conversation", conversation_id
+        parameters = {"workspace_id": workspace_key, "user_id": tx.user_id, "ctx": as_id(given)}
+        return (await tx.conn.execute(_CONTEXTS[kind], parameters)).one_or_none()
 
     @staticmethod
     def _reply_context(
@@ -540,35 +626,6 @@ class MessageStoreImpl(Store):
                 details={"field": "conversation_id"},
             )
         return inherited
-
-    @staticmethod
-    async def _attach_image(tx: Mutation, me: Membership, image_id: str, now: datetime) -> str:
-        """Mark the caller's unattached upload in this workspace as attached; returns its id.
-
-        Only the uploader may attach an object, and only once: deleting the message deletes
-        the file, which must not pull it from under another message or another user.
-        """
-        key = as_id(image_id)
-        if key is None:
-            raise NotFoundError(IMAGE_NOT_FOUND)
-        so = t.stored_objects
-        own_upload = sa.and_(
-            so.c.id == key,
-            so.c.workspace_id == me.workspace_id,
-            so.c.uploaded_by == me.user_id,
-            so.c.status.in_(("pending", "ready")),
-        )
-        attached = await tx.conn.execute(
-            so.update().where(own_upload, so.c.attached_at.is_(None)).values(attached_at=now)
-        )
-        if attached.rowcount == 1:
-            return key
-        # Only the failure path pays for telling "already used" from "not yours / missing".
-        if (await tx.conn.execute(sa.select(so.c.id).where(own_upload))).first() is not None:
-            raise ConflictError(
-                "This image is already attached to a message.", details={"field": "image_id"}
-            )
-        raise NotFoundError(IMAGE_NOT_FOUND)
 
     async def get(
         self,
@@ -603,39 +660,25 @@ class MessageStoreImpl(Store):
                     "Give a channel or a conversation, not both.",
                     details={"field": "conversation_id"},
                 )
-        position = _decode_cursor(cursor) if cursor is not None else None
+        before_at, before_id = _decode_cursor(cursor) if cursor is not None else _FIRST_POSITION
         size = max(1, min(int(limit), self.limits.max_page_size))
-        empty: Page[Message] = Page(items=())
         async with self.query() as q:
             assert q.user_id is not None  # query() without anonymous=True raises instead
             scope = await self._scope(
                 q.conn, q.user_id, channel_id, conversation_id, parent_message_id
             )
             if scope is None:
-                return empty
-            viewer, condition = scope
-            statement = sa.select(*_MESSAGE_COLUMNS).select_from(_WITH_AUTHOR).where(condition)
-            if position is not None:
-                statement = statement.where(
-                    sa.tuple_(_m.c.created_at, _m.c.id)
-                    < sa.tuple_(
-                        sa.literal(position[0], _m.c.created_at.type),
-                        sa.literal(position[1], _m.c.id.type),
-                    )
-                )
-            rows = (
-                await q.conn.execute(
-                    statement.order_by(_m.c.created_at.desc(), _m.c.id.desc()).limit(size + 1)
-                )
-            ).all()
-            page_rows = rows[:size]
-            items = await _read_models(q.conn, page_rows, viewer, threads=parent_message_id is None)
-        has_more = len(rows) > size
-        last = page_rows[-1] if has_more else None
+                return Page(items=())
+            viewer, kind, key = scope
+            parameters = {"key": key, "before_at": before_at, "before_id": before_id}
+            # One row more than asked tells whether another page follows.
+            rows = (await q.conn.execute(_PAGES[kind], {**parameters, "size": size + 1})).all()
+            items = await _read_models(q.conn, rows[:size], viewer)
+        if len(rows) <= size:
+            return Page(items=tuple(items))
+        last = items[-1]
         return Page(
-            items=tuple(items),
-            cursor=_encode_cursor(last.created_at, str(last.id)) if last is not None else None,
-            has_more=has_more,
+            items=tuple(items), cursor=_encode_cursor(last.created_at, last.id), has_more=True
         )
 
     @staticmethod
@@ -645,8 +688,9 @@ class MessageStoreImpl(Store):
         channel_id: str | None,
         conversation_id: str | None,
         parent_message_id: str | None,
-    ) -> tuple[Membership, sa.ColumnElement[bool]] | None:
-        """The caller's membership and the page's filter, or None when nothing is visible."""
+    ) -> tuple[Membership, str, str] | None:
+        """The caller's membership and the page's context kind and id, or None when the
+        caller may see nothing there."""
         if parent_message_id is not None:
             parent = await _visible_message(conn, parent_message_id, user_id)
             if parent is None:
@@ -656,44 +700,29 @@ class MessageStoreImpl(Store):
                 and as_id(conversation_id) != _opt(parent.row.conversation_id)
             ):
                 return None
-            return parent.viewer, _m.c.parent_message_id == str(parent.row.id)
-        container: Any = t.channels if channel_id is not None else t.conversations
+            return parent.viewer, "parent", str(parent.row.id)
+        kind = "channel" if channel_id is not None else "conversation"
         key = as_id(channel_id if channel_id is not None else conversation_id)
         if key is None:
             return None
-        columns = [container.c.workspace_id, _viewer.c.id, _viewer.c.role]
-        if container is t.conversations:
-            columns += [container.c.member_one_id, container.c.member_two_id]
-        row = (
-            await conn.execute(
-                sa.select(*columns)
-                .join(
-                    _viewer,
-                    sa.and_(
-                        _viewer.c.workspace_id == container.c.workspace_id,
-                        _viewer.c.user_id == user_id,
-                    ),
-                )
-                .where(container.c.id == key)
-            )
-        ).one_or_none()
+        row = (await conn.execute(_SCOPES[kind], {"key": key, "user_id": user_id})).one_or_none()
         if row is None:
             return None
         viewer = Membership(str(row.id), str(row.workspace_id), user_id, Role(row.role))
-        if container is t.conversations:
-            if not _is_participant(viewer.member_id, row.member_one_id, row.member_two_id):
-                return None
-            return viewer, sa.and_(_m.c.conversation_id == key, _m.c.parent_message_id.is_(None))
-        return viewer, sa.and_(_m.c.channel_id == key, _m.c.parent_message_id.is_(None))
+        if kind == "conversation" and not _is_participant(
+            viewer.member_id, row.member_one_id, row.member_two_id
+        ):
+            return None
+        return viewer, kind, key
 
     async def get_by_id(self, message_id: str) -> Message | None:
         """The message with reactions and thread summary if the caller may read it, else
         None (missing, another workspace, or a DM the caller does not take part in)."""
         async with self.query() as q:
-            found = await _visible_message(q.conn, message_id, q.user_id)
+            found = await _visible_message(q.conn, message_id, q.user_id, threads=True)
             if found is None:
                 return None
-            (message,) = await _read_models(q.conn, [found.row], found.viewer, threads=True)
+            (message,) = await _read_models(q.conn, [found.row], found.viewer)
         return message
 
     async def update(self, message_id: str, *, body: str) -> Message:
@@ -707,7 +736,7 @@ class MessageStoreImpl(Store):
         """
         body = validate_message_body(body, max_bytes=self.limits.max_message_bytes)
         async with self.mutation() as tx:
-            found = await _require_visible(tx, message_id)
+            found = await _require_visible(tx, message_id, threads=True)
             if str(found.row.member_id) != found.viewer.member_id:
                 raise PermissionDeniedError("Only the author can edit this message.")
             key, workspace_key, now = str(found.row.id), found.viewer.workspace_id, utcnow()
@@ -717,7 +746,7 @@ class MessageStoreImpl(Store):
             tx.emit(workspace_key, "message.updated", {"message_id": key, "body": body})
             tx.audit("message.update", "message", key, workspace_key)
             tx.index("message", key, workspace_key, body)
-            (message,) = await _read_models(tx.conn, [found.row], found.viewer, threads=True)
+            (message,) = await _read_models(tx.conn, [found.row], found.viewer)
         return message.model_copy(update={"body": body, "updated_at": now})
 
     async def remove(self, message_id: str) -> None:
@@ -802,7 +831,9 @@ class ReactionStoreImpl(Store):
                     created_at=utcnow(),
                 )
                 .on_conflict_do_nothing(index_elements=[r.c.message_id, r.c.member_id, r.c.value])
+                # RETURNING, not rowcount: drivers need not report an INSERT's row count.
+                .returning(r.c.id)
             )
-            if inserted.rowcount:
+            if inserted.first() is not None:
                 return True
         raise BackendUnavailableError(retry_after=1)
