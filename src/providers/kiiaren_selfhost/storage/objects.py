@@ -337,12 +337,18 @@ class ObjectStorage:
 
     async def _reject(self, record: ObjectRecord) -> None:
         async with self._db.write() as conn:
-            await conn.execute(
-                _so.update()
-                .where(_so.c.id == record.id, _so.c.status == "pending")
-                .values(status="deleting")
-            )
-        await self._purge([record])
+            claimed = (
+                await conn.execute(
+                    _so.update()
+                    .where(_so.c.id == record.id, _so.c.status == "pending")
+                    .values(status="deleting")
+                    .returning(_so.c.id)
+                )
+            ).first()
+        # Only the caller that turned the row into a tombstone deletes the bytes: a
+        # concurrent completion may have accepted them meanwhile.
+        if claimed is not None:
+            await self._purge([record])
 
     # --- URLs ----------------------------------------------------------------------------
 
