@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from kiiaren_core.errors import (
+    BackendUnavailableError,
     ConfigurationError,
     ConflictError,
     InvalidInputError,
@@ -864,8 +865,6 @@ async def test_s3_remove_deletes_the_object(
 async def test_s3_backend_errors_are_translated() -> None:
     backend = S3Backend("http://127.0.0.1:9", "kiiaren", "us-east-1", "k", "s")
     try:
-        from kiiaren_core.errors import BackendUnavailableError
-
         with pytest.raises(BackendUnavailableError):
             await backend.head(object_key(WS, SID))
     finally:
@@ -1091,3 +1090,66 @@ async def test_cascades_delete_stored_bytes(
     await owner.persistence.workspace.remove(ws.id)
     assert not stored_bytes(ws.id, kept_message_image)
     assert not stored_bytes(ws.id, loose)
+
+
+# --- surface and edge cases -------------------------------------------------------------------
+
+
+def test_public_surface() -> None:
+    import kiiaren_selfhost.storage as storage
+
+    # Sorting is ruff's job (RUF022); here: unique, and every name resolves.
+    assert len(set(storage.__all__)) == len(storage.__all__)
+    for name in storage.__all__:
+        assert getattr(storage, name) is not None
+    assert {"SelfHostStorage", "ObjectStorage", "create_object_storage"} <= set(storage.__all__)
+
+
+async def test_concurrent_first_reads_complete_once(
+    s3_provider: SelfHostProvider, s3_owner: SelfHostProvider, http: httpx.AsyncClient
+) -> None:
+    ws = await new_workspace(s3_owner)
+    ticket = await s3_owner.storage.generate_upload_url(ws.id, content_type="image/png", size=5)
+    assert await put(http, ticket, b"12345") == 200
+    urls: list[str | None] = []
+
+    async def read() -> None:
+        urls.append(await s3_owner.storage.get_url(ticket.storage_id))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(5):
+            group.start_soon(read)
+    assert all(url is not None for url in urls)
+    row = await row_of(s3_provider, ticket.storage_id)
+    assert (row.status, row.size_bytes) == ("ready", 5)
+
+
+async def test_upload_withdraws_the_ticket_when_the_store_fails(
+    storage_provider: SelfHostProvider,
+    member_view: SelfHostProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ws = await new_workspace(member_view)
+    files = files_of(storage_provider)
+
+    async def failing(key: str, data: bytes, content_type: str) -> None:
+        raise BackendUnavailableError("store down")
+
+    monkeypatch.setattr(files.backend, "put", failing)
+    with pytest.raises(BackendUnavailableError):
+        await member_view.storage.upload(ws.id, PNG, content_type="image/png")
+    so = t.stored_objects
+    async with storage_provider._runtime.db.read() as conn:
+        statuses = (
+            await conn.execute(sa.select(so.c.status).where(so.c.workspace_id == ws.id))
+        ).scalars()
+        assert list(statuses) == ["deleting"]
+
+
+async def test_upload_needs_bytes(owner: SelfHostProvider) -> None:
+    ws = await new_workspace(owner)
+    for data in ("text", None, [1, 2]):
+        with pytest.raises(InvalidInputError):
+            await owner.storage.upload(ws.id, data, content_type="text/plain")  # type: ignore[arg-type]
+    stored = await owner.storage.upload(ws.id, bytearray(b"ok"), content_type="text/plain")  # type: ignore[arg-type]
+    assert stored.size_bytes == 2
