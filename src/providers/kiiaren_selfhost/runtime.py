@@ -40,6 +40,7 @@ from kiiaren_selfhost.events.listener import PgNotifier
 from kiiaren_selfhost.events.presence import PresenceTracker
 from kiiaren_selfhost.maintenance import run_periodically
 from kiiaren_selfhost.ratelimit import Limit, RateLimiter
+from kiiaren_selfhost.session import SessionLiveness
 from kiiaren_selfhost.settings import SelfHostSettings
 from kiiaren_selfhost.storage import create_object_storage
 
@@ -71,6 +72,7 @@ class Runtime:
         self.limiter = RateLimiter(self.db)
         self.files = create_object_storage(settings, self.db)
         self.broker = Broker(self.db)
+        self.liveness = SessionLiveness(self.db)
         self.presence = PresenceTracker(
             self.db, self.publish_ephemeral, offline_after_seconds=settings.presence_offline_seconds
         )

@@ -9,6 +9,7 @@ the very next call of every process.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -23,9 +24,16 @@ from kiiaren_core.models import AuthState, ClientContext, Session, SessionTokens
 from kiiaren_core.protocols import AuthStateCallback, Unsubscribe
 from kiiaren_selfhost.auth.tokens import AccessClaims, TokenService
 from kiiaren_selfhost.clock import utcnow
+from kiiaren_selfhost.db import Database
 from kiiaren_selfhost.db import tables as t
 
-__all__ = ["Principal", "SessionState", "check_session", "fresh_claims"]
+__all__ = [
+    "Principal",
+    "SessionLiveness",
+    "SessionState",
+    "check_session",
+    "fresh_claims",
+]
 
 logger = logging.getLogger("kiiaren.selfhost.auth")
 
@@ -121,3 +129,50 @@ async def check_session(
         await state.drop("session_revoked")
         raise NotAuthenticatedError("Your session has ended. Please sign in again.")
     return Principal(user_id=claims.user_id, session_id=claims.session_id)
+
+
+class SessionLiveness:
+    """Whether sessions are still live, for long-lived consumers (event streams).
+
+    Many streams of one session share one answer per ``ttl`` seconds, so a thousand open
+    streams cost one query per session per second, not a thousand.
+    """
+
+    def __init__(self, db: Database, *, ttl: float = 1.0) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._answers: dict[str, tuple[float, bool]] = {}
+        self._pending: dict[str, asyncio.Future[bool]] = {}
+
+    async def is_live(self, session_id: str, user_id: str) -> bool:
+        """True while the session is neither revoked nor expired (answers at most ``ttl`` old)."""
+        now = asyncio.get_running_loop().time()
+        cached = self._answers.get(session_id)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        pending = self._pending.get(session_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending[session_id] = future
+        try:
+            async with self._db.read() as conn:
+                row = (
+                    await conn.execute(
+                        sa.select(t.auth_sessions.c.expires_at).where(
+                            t.auth_sessions.c.id == session_id,
+                            t.auth_sessions.c.user_id == user_id,
+                            t.auth_sessions.c.revoked_at.is_(None),
+                        )
+                    )
+                ).one_or_none()
+            live = row is not None and row.expires_at > utcnow()
+            self._answers[session_id] = (asyncio.get_running_loop().time(), live)
+            future.set_result(live)
+            return live
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
+            raise
+        finally:
+            del self._pending[session_id]

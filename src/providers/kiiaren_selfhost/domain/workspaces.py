@@ -27,6 +27,7 @@ from kiiaren_selfhost.domain._access import (
 from kiiaren_selfhost.domain._tokens import new_join_code, unique_token
 from kiiaren_selfhost.domain._unit import Mutation, Store
 from kiiaren_selfhost.domain._views import MEMBER_COLUMNS, member_from_row, workspace_from_row
+from kiiaren_selfhost.ratelimit import Limit
 
 __all__ = ["WorkspaceStoreImpl", "add_member", "collect_stored_objects"]
 
@@ -208,10 +209,14 @@ class WorkspaceStoreImpl(Store):
     ) -> Member:
         await self._auth.ready()
         claims = await self._auth.claims()
+        limit = self._rt.limit("join")
+        await self._rt.limiter.hit("join", limit, [("user", claims.user_id)])
+        # Per workspace the budget is wider: enough for an announcement's burst of joins,
+        # still far too small to walk the 2^30 join-code space.
         await self._rt.limiter.hit(
-            "join",
-            self._rt.limit("join"),
-            [("user", claims.user_id), ("workspace", as_id(workspace_id))],
+            "join_workspace",
+            Limit(limit.count * 10, limit.seconds),
+            [("workspace", as_id(workspace_id))],
         )
         from kiiaren_selfhost.domain.invites import claim_invite
 
@@ -241,9 +246,9 @@ class WorkspaceStoreImpl(Store):
                     "Contact a workspace admin to get an invite.",
                     details={"field": "invite_code"},
                 )
-            if not workspace.join_code_enabled:
-                raise PermissionDeniedError("Join codes are disabled for this workspace.")
-            if not join_code:
+            # join_code_enabled is always "not domain_verified" (domains.py recomputes both),
+            # so the reference's "Join codes are disabled" case is the branch just above.
+            if not join_code or not isinstance(join_code, str):
                 raise InvalidInputError("Join code is required.", details={"field": "join_code"})
             if str(workspace.join_code).upper() != join_code.strip().upper():
                 raise InvalidInputError("Invalid join code.", details={"field": "join_code"})

@@ -45,6 +45,7 @@ class PresenceTracker:
         self._publish = publish
         self._offline_after = timedelta(seconds=offline_after_seconds)
         self._sweeper: asyncio.Task[None] | None = None
+        self._last_touch: dict[tuple[str, str], float] = {}
 
     async def set(self, workspace_id: str, user_id: str, status: PresenceStatus) -> None:
         """Record ``status`` (also a heartbeat) and announce it if it changed."""
@@ -76,6 +77,16 @@ class PresenceTracker:
         if was != status:
             await self._announce(workspace_id, user_id, status)
         self._ensure_sweeper()
+
+    async def heartbeat(self, workspace_id: str, user_id: str) -> None:
+        """:meth:`touch`, at most once per ``HEARTBEAT_SECONDS`` per user and workspace
+        (however many streams the user has open in this process)."""
+        now = asyncio.get_running_loop().time()
+        key = (workspace_id, user_id)
+        if now - self._last_touch.get(key, -HEARTBEAT_SECONDS) < HEARTBEAT_SECONDS:
+            return
+        self._last_touch[key] = now
+        await self.touch(workspace_id, user_id)
 
     async def touch(self, workspace_id: str, user_id: str) -> None:
         """Heartbeat: keep the user's status, but bring an offline user back online."""

@@ -40,7 +40,7 @@ from kiiaren_selfhost.events.broker import (
     read_log,
     stream_head,
 )
-from kiiaren_selfhost.events.presence import HEARTBEAT_SECONDS
+from kiiaren_selfhost.session import Principal
 
 if TYPE_CHECKING:
     from kiiaren_selfhost.auth.service import SelfHostAuth
@@ -76,7 +76,7 @@ class SelfHostEventStream:
         self._started = False
         self._closed = False
         self._last_check = 0.0
-        self._last_heartbeat = 0.0
+        self._session_id = ""
         self._last_seq: int | None = since
 
     @property
@@ -94,7 +94,8 @@ class SelfHostEventStream:
             return
         self._started = True
         rt = self._events.runtime
-        user_id = await self._events.member_user_id(self._workspace_id)
+        principal = await self._events.caller(self._workspace_id)
+        user_id, self._session_id = principal.user_id, principal.session_id
         head, epoch = await stream_head(rt.db, self._workspace_id)
         cursor = head
         if self._since is not None:
@@ -123,7 +124,7 @@ class SelfHostEventStream:
         if not self._pending and cursor == head:
             # Nothing to replay: receive pushes (ephemeral events included) from now on.
             await rt.broker.go_live(self._subscription)
-        self._last_check = self._last_heartbeat = asyncio.get_running_loop().time()
+        self._last_check = asyncio.get_running_loop().time()
         await rt.presence.set(self._workspace_id, user_id, PresenceStatus.ONLINE)
 
     async def _unrecoverable(
@@ -200,17 +201,19 @@ class SelfHostEventStream:
             await self._recheck(sub)
 
     async def _recheck(self, sub: Subscription) -> None:
-        """Stop the stream when the session was revoked or the member removed elsewhere."""
-        now = self._last_check = asyncio.get_running_loop().time()
+        """Stop the stream when its session was revoked; keep the user's presence fresh.
+
+        Removal from the workspace and its deletion need no polling: their ``member.left``
+        and ``workspace.deleted`` events reach the broker from the log (in every process)
+        and close the subscription there.
+        """
+        rt = self._events.runtime
+        self._last_check = asyncio.get_running_loop().time()
         try:
-            user_id = await self._events.member_user_id(self._workspace_id)
-            if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
-                self._last_heartbeat = now
-                await self._events.runtime.presence.touch(self._workspace_id, user_id)
-        except NotAuthenticatedError:
-            sub.close("session_revoked")
-        except NotFoundError:
-            sub.close("removed")
+            if not await rt.liveness.is_live(self._session_id, sub.user_id):
+                sub.close("session_revoked")
+                return
+            await rt.presence.heartbeat(self._workspace_id, sub.user_id)
         except ProviderClosedError:
             sub.close("provider_closed")
 
@@ -279,12 +282,16 @@ class SelfHostEvents(Store):
     def runtime(self) -> Runtime:
         return self._rt
 
-    async def member_user_id(self, workspace_id: str) -> str:
-        """The caller's user id if they are a member, else NotFoundError (like a missing one)."""
-        async with self.query() as q:
-            assert q.user_id is not None
-            await require_membership(q.conn, workspace_id, q.user_id, missing=WORKSPACE_NOT_FOUND)
-            return q.user_id
+    async def caller(self, workspace_id: str) -> Principal:
+        """The verified caller if they are a member, else NotFoundError (like a missing one)."""
+        await self._auth.ready()
+        claims = await self._auth.claims()
+        async with self._rt.db.read() as conn:
+            principal = await self._auth.principal(conn, claims)
+            await require_membership(
+                conn, workspace_id, principal.user_id, missing=WORKSPACE_NOT_FOUND
+            )
+        return principal
 
     def stream(
         self,
@@ -380,12 +387,12 @@ class SelfHostEvents(Store):
         return tx.logged[-1]
 
     async def position(self, workspace_id: str) -> StreamPosition:
-        await self.member_user_id(workspace_id)
+        await self.caller(workspace_id)  # members only
         head, epoch = await stream_head(self._rt.db, workspace_id)
         return StreamPosition(workspace_id=workspace_id, seq=head, epoch=epoch or "")
 
     async def set_presence(self, workspace_id: str, status: PresenceStatus) -> None:
-        user_id = await self.member_user_id(workspace_id)
+        user_id = (await self.caller(workspace_id)).user_id
         await self._rt.presence.set(workspace_id, user_id, PresenceStatus(status))
 
     async def get_presence(self, workspace_id: str) -> list[PresenceEntry]:
