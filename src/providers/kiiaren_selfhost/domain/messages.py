@@ -136,17 +136,49 @@ def _read_model_query(src: Any, *, threads: bool) -> tuple[list[Any], Any]:
     return columns, source
 
 
-def _page_statement(condition: sa.ColumnElement[bool], *, threads: bool) -> sa.Select[Any]:
-    """A page of messages matching ``condition`` after the keyset position ``before_at`` /
-    ``before_id``, newest first, ``size`` rows, with their read model.
+def _with_viewer(source: Any, src: Any) -> tuple[list[Any], Any]:
+    """Join the caller's membership of each message's workspace (bound: ``user_id``) and the
+    message's conversation onto ``source``: messages of workspaces the caller is not a member
+    of drop out. Returns the added columns (``viewer_id``, ``viewer_role`` and the
+    conversation's two members) and the new FROM clause."""
+    columns = [
+        _viewer.c.id.label("viewer_id"),
+        _viewer.c.role.label("viewer_role"),
+        _cv.c.member_one_id,
+        _cv.c.member_two_id,
+    ]
+    source = source.join(
+        _viewer,
+        sa.and_(
+            _viewer.c.workspace_id == src.c.workspace_id,
+            _viewer.c.user_id == sa.bindparam("user_id"),
+        ),
+    ).outerjoin(_cv, _cv.c.id == src.c.conversation_id)
+    return columns, source
 
-    The page is cut in a subquery first, so authors and thread summaries are looked up for
-    the page's rows only, whatever plan the database picks for the keyset scan.
+
+def _page_statement(context: str) -> sa.Select[Any]:
+    """A page of the messages of a channel or conversation (top level) or of a parent (its
+    replies), with their read model, as the caller may see it.
+
+    Bound: ``key`` (the context's id), ``before_at`` / ``before_id`` (the keyset position),
+    ``size``, ``user_id``. Newest first. Rows the caller may not read (not a member of the
+    workspace, or not a participant of the conversation) are dropped, so an outsider gets
+    no rows: one statement does both the authorisation and the read.
+
+    The page is cut in a subquery first, so authors, thread summaries and the caller's
+    standing are looked up for the page's rows only, whatever plan the database picks for
+    the keyset scan.
     """
+    key = {"channel": _m.c.channel_id, "conversation": _m.c.conversation_id}.get(
+        context, _m.c.parent_message_id
+    )
+    level = _m.c.parent_message_id.is_(None) if context != "parent" else sa.true()
     page = (
         sa.select(_m)
         .where(
-            condition,
+            key == sa.bindparam("key"),
+            level,
             sa.tuple_(_m.c.created_at, _m.c.id)
             < sa.tuple_(
                 sa.bindparam("before_at", type_=_m.c.created_at.type),
@@ -157,25 +189,26 @@ def _page_statement(condition: sa.ColumnElement[bool], *, threads: bool) -> sa.S
         .limit(sa.bindparam("size", type_=sa.Integer()))
         .subquery("page")
     )
-    columns, source = _read_model_query(page, threads=threads)
+    # Replies cannot have replies: their thread summary is always empty.
+    columns, source = _read_model_query(page, threads=context != "parent")
+    viewer_columns, source = _with_viewer(source, page)
     return (
-        sa.select(*columns).select_from(source).order_by(page.c.created_at.desc(), page.c.id.desc())
+        sa.select(*columns, *viewer_columns)
+        .select_from(source)
+        .where(
+            sa.or_(
+                page.c.conversation_id.is_(None),
+                _viewer.c.id == _cv.c.member_one_id,
+                _viewer.c.id == _cv.c.member_two_id,
+            )
+        )
+        .order_by(page.c.created_at.desc(), page.c.id.desc())
     )
 
 
 _PAGES: Final = {
-    "channel": _page_statement(
-        sa.and_(_m.c.channel_id == sa.bindparam("key"), _m.c.parent_message_id.is_(None)),
-        threads=True,
-    ),
-    "conversation": _page_statement(
-        sa.and_(_m.c.conversation_id == sa.bindparam("key"), _m.c.parent_message_id.is_(None)),
-        threads=True,
-    ),
-    # Replies cannot have replies: their thread summary is always empty.
-    "parent": _page_statement(_m.c.parent_message_id == sa.bindparam("key"), threads=False),
+    context: _page_statement(context) for context in ("channel", "conversation", "parent")
 }
-"""Page statements by context (bound: ``key``, ``before_at``, ``before_id``, ``size``)."""
 
 # The first page starts after the newest possible position (the keyset condition stays, so
 # every page of a context runs the same statement).
@@ -185,49 +218,14 @@ _FIRST_POSITION: Final = (
 )
 
 
-def _scope_statement(container: sa.Table) -> sa.Select[Any]:
-    """A channel's or conversation's workspace with the caller's membership of it (bound:
-    ``key``, ``user_id``); conversations also give their two members."""
-    columns: list[Any] = [container.c.workspace_id, _viewer.c.id, _viewer.c.role]
-    if container is t.conversations:
-        columns += [container.c.member_one_id, container.c.member_two_id]
-    return (
-        sa.select(*columns)
-        .join(
-            _viewer,
-            sa.and_(
-                _viewer.c.workspace_id == container.c.workspace_id,
-                _viewer.c.user_id == sa.bindparam("user_id"),
-            ),
-        )
-        .where(container.c.id == sa.bindparam("key"))
-    )
-
-
-_SCOPES: Final = {"channel": _scope_statement(t.channels), "conversation": _scope_statement(_cv)}
-
-
 def _find_statement(*, threads: bool) -> sa.Select[Any]:
-    """One message with its read model, the caller's membership of its workspace and its
-    conversation's members (bound: ``key``, ``user_id``)."""
+    """One message (bound: ``key``) with its read model, the caller's membership of its
+    workspace and its conversation's members (bound: ``user_id``); no row for outsiders."""
     columns, source = _read_model_query(_m, threads=threads)
+    viewer_columns, source = _with_viewer(source, _m)
     return (
-        sa.select(
-            *columns,
-            _viewer.c.id.label("viewer_id"),
-            _viewer.c.role.label("viewer_role"),
-            _cv.c.member_one_id,
-            _cv.c.member_two_id,
-        )
-        .select_from(
-            source.join(
-                _viewer,
-                sa.and_(
-                    _viewer.c.workspace_id == _m.c.workspace_id,
-                    _viewer.c.user_id == sa.bindparam("user_id"),
-                ),
-            ).outerjoin(_cv, _cv.c.id == _m.c.conversation_id)
-        )
+        sa.select(*columns, *viewer_columns)
+        .select_from(source)
         .where(_m.c.id == sa.bindparam("key"))
     )
 
@@ -662,17 +660,44 @@ class MessageStoreImpl(Store):
                 )
         before_at, before_id = _decode_cursor(cursor) if cursor is not None else _FIRST_POSITION
         size = max(1, min(int(limit), self.limits.max_page_size))
+        given: str | None
+        if parent_message_id is not None:
+            context, given = "parent", parent_message_id
+        elif channel_id is not None:
+            context, given = "channel", channel_id
+        else:
+            context, given = "conversation", conversation_id
+        key = as_id(given)
         async with self.query() as q:
-            assert q.user_id is not None  # query() without anonymous=True raises instead
-            scope = await self._scope(
-                q.conn, q.user_id, channel_id, conversation_id, parent_message_id
-            )
-            if scope is None:
+            if key is None:
                 return Page(items=())
-            viewer, kind, key = scope
-            parameters = {"key": key, "before_at": before_at, "before_id": before_id}
-            # One row more than asked tells whether another page follows.
-            rows = (await q.conn.execute(_PAGES[kind], {**parameters, "size": size + 1})).all()
+            parameters = {
+                "key": key,
+                "user_id": q.user_id,
+                "before_at": before_at,
+                "before_id": before_id,
+                "size": size + 1,  # one row more than asked tells whether a page follows
+            }
+            rows = (await q.conn.execute(_PAGES[context], parameters)).all()
+            if not rows or (
+                # Replies share their parent's context: one that contradicts it matches none.
+                context == "parent"
+                and (
+                    (channel_id is not None and as_id(channel_id) != _opt(rows[0].channel_id))
+                    or (
+                        conversation_id is not None
+                        and as_id(conversation_id) != _opt(rows[0].conversation_id)
+                    )
+                )
+            ):
+                return Page(items=())
+            first = rows[0]
+            viewer = Membership(
+                str(first.viewer_id),
+                str(first.workspace_id),
+                str(q.user_id),
+                Role(first.viewer_role),
+            )
             items = await _read_models(q.conn, rows[:size], viewer)
         if len(rows) <= size:
             return Page(items=tuple(items))
@@ -680,40 +705,6 @@ class MessageStoreImpl(Store):
         return Page(
             items=tuple(items), cursor=_encode_cursor(last.created_at, last.id), has_more=True
         )
-
-    @staticmethod
-    async def _scope(
-        conn: AsyncConnection,
-        user_id: str,
-        channel_id: str | None,
-        conversation_id: str | None,
-        parent_message_id: str | None,
-    ) -> tuple[Membership, str, str] | None:
-        """The caller's membership and the page's context kind and id, or None when the
-        caller may see nothing there."""
-        if parent_message_id is not None:
-            parent = await _visible_message(conn, parent_message_id, user_id)
-            if parent is None:
-                return None
-            if (channel_id is not None and as_id(channel_id) != _opt(parent.row.channel_id)) or (
-                conversation_id is not None
-                and as_id(conversation_id) != _opt(parent.row.conversation_id)
-            ):
-                return None
-            return parent.viewer, "parent", str(parent.row.id)
-        kind = "channel" if channel_id is not None else "conversation"
-        key = as_id(channel_id if channel_id is not None else conversation_id)
-        if key is None:
-            return None
-        row = (await conn.execute(_SCOPES[kind], {"key": key, "user_id": user_id})).one_or_none()
-        if row is None:
-            return None
-        viewer = Membership(str(row.id), str(row.workspace_id), user_id, Role(row.role))
-        if kind == "conversation" and not _is_participant(
-            viewer.member_id, row.member_one_id, row.member_two_id
-        ):
-            return None
-        return viewer, kind, key
 
     async def get_by_id(self, message_id: str) -> Message | None:
         """The message with reactions and thread summary if the caller may read it, else
