@@ -496,6 +496,9 @@ class MessageConformance(_MessagingBase):
         )
         assert dm.conversation_id == conversation_id
         assert dm.channel_id is None
+        reply = await team.p.persistence.message.create(
+            team.workspace.id, body="secret reply", parent_message_id=dm.id
+        )
         carol = await make_user("Carol")
         await make_admin(team.owner, team.workspace, carol)
         third = carol.provider.persistence.message
@@ -508,6 +511,7 @@ class MessageConformance(_MessagingBase):
         assert (await third.get(conversation_id=conversation_id)).items == ()
         assert (await third.get(parent_message_id=dm.id)).items == ()
         assert await third.get_by_id(dm.id) is None
+        assert await third.get_by_id(reply.id) is None
         with pytest.raises(NotFoundError):
             await third.update(dm.id, body="edited")
         with pytest.raises(NotFoundError):
@@ -518,6 +522,9 @@ class MessageConformance(_MessagingBase):
                 conversation_id=conversation_id
             )
             assert [m.id for m in page.items] == [dm.id]
+            assert page.items[0].thread.count == 1
+            replies = await participant.provider.persistence.message.get(parent_message_id=dm.id)
+            assert [m.id for m in replies.items] == [reply.id]
 
     async def test_replies_inherit_the_parent_context(self, team: Team) -> None:
         messages = team.p.persistence.message
