@@ -142,6 +142,9 @@ class LocalDiskBackend:
     signing key (see :mod:`~kiiaren_selfhost.storage.signing`); the server verifies them and
     calls :meth:`write_stream` / :meth:`open_for_read`.
 
+    The root must be on a file system with hard links (any POSIX one): publishing a written
+    object links it into place, which fails rather than replaces when the key exists.
+
     Every key is checked twice before it touches the file system: it must be exactly a key
     made by ``object_key`` (two canonical UUIDs), and its resolved path (symbolic links
     followed) must lie inside the resolved root. Anything else raises InvalidInputError and
