@@ -12,19 +12,23 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any, Self
 
+import sqlalchemy as sa
+
 from kiiaren_core.capabilities import Capabilities
-from kiiaren_core.errors import ProviderClosedError
+from kiiaren_core.errors import BackendUnavailableError, ProviderClosedError
 from kiiaren_core.extensions import ExtensionHooks, FeatureGate
 from kiiaren_core.models import ClientContext, SessionTokens
 from kiiaren_core.settings import load_settings
 from kiiaren_selfhost.auth.mailer import Mailer
 from kiiaren_selfhost.auth.service import SelfHostAuth
+from kiiaren_selfhost.db import migrate as migrate_database
 from kiiaren_selfhost.domain import SelfHostPersistence
 from kiiaren_selfhost.events import SelfHostEvents
+from kiiaren_selfhost.idempotency import SelfHostIdempotencyStore
 from kiiaren_selfhost.runtime import Runtime
 from kiiaren_selfhost.session import SessionState
 from kiiaren_selfhost.settings import SelfHostSettings
-from kiiaren_selfhost.storage import SelfHostStorage
+from kiiaren_selfhost.storage import SelfHostStorage, object_key
 
 __all__ = ["SelfHostProvider"]
 
@@ -75,6 +79,7 @@ class SelfHostProvider:
         self._persistence = SelfHostPersistence(self._runtime, self._auth)
         self._events = SelfHostEvents(self._runtime, self._auth)
         self._storage = SelfHostStorage(self._runtime, self._auth)
+        self._idempotency = SelfHostIdempotencyStore(self._runtime.db)
 
     # --- BackendProvider ----------------------------------------------------------------------
 
@@ -130,6 +135,34 @@ class SelfHostProvider:
     async def destroy(self) -> None:
         """Alias of :meth:`aclose`."""
         await self.aclose()
+
+    # --- OperableProvider (what the bundled server and its CLI run) -------------------------
+
+    @property
+    def idempotency(self) -> SelfHostIdempotencyStore:
+        """``Idempotency-Key`` records in this provider's database (every process shares them)."""
+        return self._idempotency
+
+    async def migrate(self) -> None:
+        """Bring the database schema to the current version (see ``kiiaren_selfhost.db``)."""
+        self._check_open()
+        await migrate_database(self._runtime.db)
+
+    async def check_ready(self) -> None:
+        """Raise BackendUnavailableError unless the database and the object store answer.
+
+        Starts the provider if needed; the store is asked about an object that never exists
+        (a stat on local disk, a HEAD on S3).
+        """
+        self._check_open()
+        await self._runtime.ready()
+        async with self._runtime.db.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+        nil = "00000000-0000-0000-0000-000000000000"
+        try:
+            await self._runtime.files.backend.head(object_key(nil, nil))
+        except OSError:
+            raise BackendUnavailableError("The file storage cannot be read.") from None
 
     def with_session(
         self,

@@ -31,6 +31,7 @@ from kiiaren_selfhost.storage._names import (
     sanitize_filename,
 )
 from kiiaren_selfhost.storage.objects import ObjectRecord
+from kiiaren_selfhost.storage.served import ServedObjects
 
 if TYPE_CHECKING:
     from kiiaren_selfhost.storage.objects import ObjectStorage
@@ -43,8 +44,9 @@ WORKSPACE_NOT_FOUND = "Workspace not found."
 _so = t.stored_objects
 
 
-class SelfHostStorage(Store):
-    """The self-host :class:`~kiiaren_core.protocols.StorageProvider`."""
+class SelfHostStorage(ServedObjects, Store):
+    """The self-host :class:`~kiiaren_core.protocols.StorageProvider`, and the
+    :class:`~kiiaren_core.protocols.ServedStorage` behind local-disk URLs (``served.py``)."""
 
     @property
     def _files(self) -> ObjectStorage:
