@@ -266,13 +266,11 @@ class Runtime:
         Used where the caller must not wait, e.g. sending a password-reset email, whose
         duration would otherwise tell an observer whether the account exists.
         """
-        self.track(asyncio.get_running_loop().create_task(self._logged(coro, name), name=name))
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task.add_done_callback(_log_failure)
+        self.track(task)
 
-    @staticmethod
-    async def _logged(coro: Coroutine[Any, Any, None], name: str) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("background task %s failed", name)
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
