@@ -119,8 +119,7 @@ async def _all_items(
 
 
 class _MessagingBase(ConformanceBase):
-    # A list, as in every conformance area (ConformanceBase declares a single mark).
-    pytestmark = [pytest.mark.anyio, pytest.mark.requires_capability("persistence")]  # type: ignore[assignment]
+    pytestmark = [pytest.mark.anyio, pytest.mark.requires_capability("persistence")]
 
     @pytest.fixture
     async def team(self, make_user: MakeUser, user: TestUser, workspace: Workspace) -> Team:
@@ -440,15 +439,11 @@ class MessageConformance(_MessagingBase):
         foreign_message = await outsider.provider.persistence.message.create(
             team.foreign.id, body="private", channel_id=team.foreign_general.id
         )
-        # Eve joins the victim workspace too, so she is a legitimate member of both.
+        # Eve joins the victim workspace too, so she is a legitimate member of both; Bob
+        # joins hers so that she has a conversation there.
         await join_member(team.owner, team.workspace, outsider)
         eve_in_victim = outsider.provider.persistence.message
-        foreign_dm_peer_user = team.member
-        await join_member(outsider, team.foreign, foreign_dm_peer_user)
-        bob_in_foreign = await foreign_dm_peer_user.provider.persistence.member.get_current(
-            team.foreign.id
-        )
-        assert bob_in_foreign is not None
+        bob_in_foreign = await join_member(outsider, team.foreign, team.member)
         foreign_dm = await outsider.provider.persistence.conversation.create_or_get(
             team.foreign.id, eve_member.id, bob_in_foreign.id
         )
