@@ -30,6 +30,9 @@ class HostedSettings(ProviderSettings):
         deadline_seconds: overall bound on one call, its retries and waits included.
         backoff_base_seconds: first retry's backoff ceiling (doubles per attempt, full jitter).
         backoff_cap_seconds: largest backoff ceiling, for calls and WebSocket reconnects.
+        max_retry_after_seconds: the longest ``Retry-After`` a call waits out by itself; a
+            longer one (a rate-limit window, say) is raised at once (``retry_after`` set) so
+            the application decides.
         ws_heartbeat_seconds: WebSocket ping interval; a connection whose pong is this late
             is considered dead and replaced.
         ws_open_timeout_seconds: bound on opening and authenticating the WebSocket.
@@ -50,6 +53,7 @@ class HostedSettings(ProviderSettings):
     deadline_seconds: float = Field(default=60.0, gt=0)
     backoff_base_seconds: float = Field(default=0.1, ge=0)
     backoff_cap_seconds: float = Field(default=5.0, ge=0)
+    max_retry_after_seconds: float = Field(default=10.0, ge=0)
     ws_heartbeat_seconds: float = Field(default=20.0, gt=0)
     ws_open_timeout_seconds: float = Field(default=10.0, gt=0)
     ws_stream_buffer: int = Field(default=10_000, ge=1)

@@ -290,6 +290,7 @@ class RetryPolicy:
     deadline_seconds: float = 60.0
     backoff_base_seconds: float = 0.1
     backoff_cap_seconds: float = 5.0
+    max_retry_after_seconds: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: HostedSettings) -> RetryPolicy:
@@ -298,6 +299,7 @@ class RetryPolicy:
             deadline_seconds=settings.deadline_seconds,
             backoff_base_seconds=settings.backoff_base_seconds,
             backoff_cap_seconds=settings.backoff_cap_seconds,
+            max_retry_after_seconds=settings.max_retry_after_seconds,
         )
 
     @staticmethod
@@ -314,7 +316,8 @@ class RetryPolicy:
     def retries_response(response: httpx.Response, *, safe: bool, attempt: int) -> bool:
         """408/429/502/503/504 for safe requests; and, on a repeat of a keyed request, the
         ``idempotency_conflict`` a server answers while the first attempt is still running
-        (our repeat carries the same body, so it cannot be the other meaning of that code)."""
+        (``details.reason == "in_progress"``; our repeat carries the same body, so without a
+        reason it cannot be the other meaning of that code either)."""
         if not safe:
             return False
         if response.status_code in RETRYABLE_STATUSES:
@@ -325,7 +328,11 @@ class RetryPolicy:
             and IDEMPOTENCY_HEADER in response.request.headers
         ):
             envelope = read_envelope(response)
-            return envelope is not None and envelope["code"] == "idempotency_conflict"
+            return (
+                envelope is not None
+                and envelope["code"] == "idempotency_conflict"
+                and envelope["details"].get("reason", "in_progress") == "in_progress"
+            )
         return False
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
@@ -338,10 +345,13 @@ class RetryPolicy:
     ) -> float | None:
         """How long to wait before attempt ``attempt + 1``, or ``None`` to stop retrying.
 
-        ``Retry-After`` wins over the backoff; a wait that would end past the deadline
-        (``remaining`` seconds away) stops the retries instead.
+        ``Retry-After`` wins over the backoff; a ``Retry-After`` above
+        ``max_retry_after_seconds``, or a wait that would end past the deadline
+        (``remaining`` seconds away), stops the retries instead.
         """
         if attempt >= self.max_attempts:
+            return None
+        if retry_after is not None and retry_after > self.max_retry_after_seconds:
             return None
         wait = retry_after if retry_after is not None else self.backoff(attempt, rng)
         if wait >= remaining:
@@ -383,7 +393,7 @@ class Transport:
         self._client = client
         self._transport = transport
         self._rng = rng or random.Random()  # noqa: S311 (backoff jitter, not a secret)
-        self._sleep: Sleep = sleep or asyncio.sleep
+        self._sleep: Sleep = asyncio.sleep if sleep is None else sleep
         self._host = urlsplit(settings.base_url).netloc
         self._closed = False
 
