@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
 
 from kiiaren_core.errors import (
@@ -134,6 +135,25 @@ def _validation_details(exc: RequestValidationError) -> dict[str, Any]:
     return details
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of the resource the request's path names.
+
+    Starlette's own ``Allow`` lists the first route that matched the path only, but each
+    method of a resource is a route of its own here. Of the templates matching the path,
+    the most literal one names the resource (``/sessions/revoke-all`` rather than
+    ``/sessions/{session_id}``).
+    """
+    matching: dict[str, set[str]] = {}
+    for route in request.app.router.routes:
+        if isinstance(route, BaseRoute) and route.matches(request.scope)[0] is not Match.NONE:
+            path = getattr(route, "path", "")
+            matching.setdefault(path, set()).update(getattr(route, "methods", None) or ())
+    if not matching:
+        return []
+    resource = min(matching, key=lambda path: (path.count("{"), -len(path)))
+    return sorted(matching[resource])
+
+
 async def _kiiaren_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KiiarenError)
     return error_response(exc, request_id_of(request.scope))
@@ -150,16 +170,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     request_id = request_id_of(request.scope)
     if exc.status_code == 405:
-        allow = (exc.headers or {}).get("Allow", "")
+        allowed = _allowed_methods(request)
         return envelope_response(
             405,
             {
                 "code": METHOD_NOT_ALLOWED,
                 "message": f"Method {request.method} is not allowed here.",
-                "details": {"allowed": [m.strip() for m in allow.split(",") if m.strip()]},
+                "details": {"allowed": allowed},
             },
             request_id,
-            {"Allow": allow} if allow else None,
+            {"Allow": ", ".join(allowed)},
         )
     error: KiiarenError
     if exc.status_code == 404:

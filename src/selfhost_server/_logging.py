@@ -80,3 +80,5 @@ def configure_logging(
         uvicorn_logger.propagate = True
     # Our access log replaces uvicorn's, which would print query strings.
     logging.getLogger("uvicorn.access").disabled = True
+    # Alembic narrates every migration check at INFO; its warnings and errors still show.
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))

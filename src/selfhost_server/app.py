@@ -3,6 +3,7 @@
 ::
 
     from kiiaren_core import create_provider
+from kiiaren_core.errors import BackendUnavailableError
     from selfhost_server import create_app
 
     app = create_app(create_provider("selfhost"))   # uvicorn module:app
@@ -13,10 +14,12 @@ What the app serves:
   :mod:`selfhost_server._routes`), plus ``GET /v1/capabilities``;
 * ``/v1/storage/objects/{storage_id}`` when the provider's storage is served by the server
   (local disk);
+* ``/v1/events``, the events WebSocket (:mod:`selfhost_server.ws`);
 * ``GET /health`` (the process is up) and ``GET /ready`` (the provider's backend answers);
 * ``/openapi.json`` and ``/docs``.
 
-The app owns the provider: its lifespan initialises it at startup and closes it at shutdown.
+The app owns the provider: its lifespan initialises it at startup and closes it at shutdown
+(after telling open event sockets that the server is going away).
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from kiiaren_core import create_provider
+from kiiaren_core.errors import BackendUnavailableError
 from kiiaren_core.protocols import BackendProvider, OperableProvider, ServedStorage
 from kiiaren_core.wire import API_PREFIX, CapabilitiesReport
+from selfhost_server import ws
 from selfhost_server._context import REQUEST_ID_HEADER
 from selfhost_server._errors import ErrorEnvelope, install_error_handlers
 from selfhost_server._idempotency import (
@@ -68,11 +73,21 @@ class Health(BaseModel):
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     provider: BackendProvider = app.state.kiiaren.provider
-    await provider.initialize()
-    logger.info("provider %s ready", provider.id)
+    registry = ws.connection_registry(app)  # checks the ws_* settings before serving
+    try:
+        await provider.initialize()
+    except BackendUnavailableError as exc:
+        # Serve anyway: requests answer 503 and /ready fails until the backend answers, so
+        # a database outage at boot heals without a restart (no crash loop).
+        logger.warning("provider %s: backend unavailable at startup: %s", provider.id, exc.message)
+    else:
+        logger.info("provider %s ready", provider.id)
     try:
         yield
     finally:
+        # Event sockets still open (an ASGI server that does not close them itself) are
+        # told the server is going away before their provider closes under them.
+        await registry.close_all()
         await provider.aclose()
         logger.info("provider %s closed", provider.id)
 
@@ -165,6 +180,7 @@ def create_app(provider: BackendProvider, settings: ServerSettings | None = None
             503: {"model": ErrorEnvelope, "description": "Not ready (`backend_unavailable`)"},
         },
     )
+    app.include_router(ws.router)
     install_openapi(app)
     if settings.cors_origins:
         app.add_middleware(
