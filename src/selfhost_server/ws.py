@@ -111,8 +111,9 @@ REGISTRY_STATE_NAME: Final = "ws_connections"
 _SESSION_ENDED = "session ended"
 _SHUTTING_DOWN = "server shutting down"
 _INTERNAL_ERROR = "An internal error occurred."
-# Enough identity-keyed entries to cover one fan-out burst; see ConnectionRegistry.event_json.
-_EVENT_CACHE_SIZE: Final = 4096
+# A fan-out serialises an event for every local subscriber within one burst, so a few hundred
+# identity-keyed entries suffice; more would only pin large payloads in memory.
+_EVENT_CACHE_SIZE: Final = 256
 
 
 class WebSocketConfig(BaseModel):
@@ -476,14 +477,15 @@ class _Connection:
                 return
         if not await self._authenticate(token, first=True):
             return
+        interval = self.config.session_recheck_seconds
         while True:
-            # Streams re-check the session themselves; a socket without any must do it here.
-            interval = None if self._subs else self.config.session_recheck_seconds
             try:
                 async with asyncio.timeout(interval):
                     message = await self.websocket.receive()
             except TimeoutError:
-                if not await self._session_alive():
+                # Streams re-check the session themselves; a socket without any (also one
+                # whose last subscription just ended) must do it here.
+                if not self._subs and not await self._session_alive():
                     return
                 continue
             if message["type"] == "websocket.disconnect":
@@ -638,9 +640,11 @@ class _Connection:
             return True
         previous, self.view, self.user_id = self.view, view, session.user_id
         if previous is not None:
-            await self._rebind(view)
-            with contextlib.suppress(Exception):
-                await previous.aclose()
+            try:
+                await self._rebind(view)
+            finally:
+                with contextlib.suppress(Exception):
+                    await previous.aclose()
         await self._send(
             ReadyFrame(
                 user_id=session.user_id,
@@ -667,7 +671,11 @@ class _Connection:
         return True
 
     async def _rebind(self, view: BackendProvider) -> None:
-        """Reopen every subscription on ``view`` from the seq last queued for the client."""
+        """Reopen every subscription on ``view`` from the seq last queued for the client.
+
+        A subscription that cannot be reopened ends with ``unsubscribed`` (``removed`` when
+        the user lost access meanwhile); a dead session or provider propagates (close).
+        """
         for sub in list(self._subs.values()):
             if self._subs.get(sub.id) is not sub:
                 continue
@@ -679,11 +687,16 @@ class _Connection:
                 )
                 # Start the new stream before closing the old one: presence stays online.
                 await sub.stream.__aenter__()
+            except (NotAuthenticatedError, ProviderClosedError):
+                await self._close_stream(old)  # the new one is closed by the teardown
+                raise
             except NotFoundError as exc:
-                self._subs.pop(sub.id, None)
                 await self._close_stream(old)
-                await self._close_stream(sub.stream)
-                await self._send_unsubscribed(sub, _ended_reason(exc))
+                await self._end(sub, _ended_reason(exc))
+                continue
+            except KiiarenError as exc:
+                await self._close_stream(old)
+                await self._end(sub, "error", exc)
                 continue
             await self._close_stream(old)
             self._start_pump(sub)

@@ -487,6 +487,22 @@ async def test_sign_out_closes_open_sockets_with_4401_within_2s(
     assert elapsed < 2.5
 
 
+async def test_a_socket_whose_last_subscription_ended_still_notices_revocation(
+    server: Server, owner: User, workspace: Workspace, selfhost_provider: SelfHostProvider
+) -> None:
+    member = await sign_up(selfhost_provider, "Leaver")
+    member_id = await join(owner, workspace, member)
+    async with client(server.url, token=member.token) as conn:
+        await recv_type(conn, "ready")
+        await subscribe(conn, "s", workspace.id, types=["test.*"])
+        await owner.provider.persistence.member.remove(member_id)
+        assert (await recv_type(conn, "unsubscribed", within=2.0))["reason"] == "removed"
+        started = time.monotonic()
+        await member.provider.auth.sign_out()
+        assert await close_code(conn, 2.5) == CLOSE_AUTH_FAILED
+        assert time.monotonic() - started < 2.5
+
+
 # --- flow control and limits ------------------------------------------------------------------
 
 
