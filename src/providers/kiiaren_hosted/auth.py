@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import httpx
 
-from kiiaren_core.errors import NotAuthenticatedError, ProviderClosedError
+from kiiaren_core.errors import NotAuthenticatedError, NotFoundError, ProviderClosedError
 from kiiaren_core.models import (
     AuthState,
     OAuthStart,
@@ -134,6 +135,10 @@ class SessionState:
         await self.notify(event, None)
 
 
+_SENDABLE_TOKEN = re.compile(r"[!-~]+")
+"""A bearer token must be visible ASCII to travel in a header at all."""
+
+
 def _says_invalid_token(response: httpx.Response) -> bool:
     challenge = response.headers.get("WWW-Authenticate", "")
     return "invalid_token" in challenge
@@ -186,6 +191,12 @@ class Caller:
             tokens = await self.fresh_tokens(deadline)
             if tokens is None and op.access == "session":
                 raise NotAuthenticatedError()
+        if any(arguments.get(name) == "" for name in op.path_params):
+            # An empty id names nothing, and its URL (``/v1/workspaces/``) would reach
+            # another route or a redirect: answer what the server answers for an unknown path.
+            if op.none_is_404:
+                return None
+            raise NotFoundError()
         token = tokens.access_token if tokens is not None else None
         # One key per logical call, reused by every attempt and by the repeat after a refresh.
         key = str(uuid.uuid4()) if op.mutating else None
@@ -203,9 +214,14 @@ class Caller:
     async def fresh_tokens(self, deadline: float | None = None) -> SessionTokens | None:
         """The tokens to send, refreshed first when they expire within the margin.
 
-        ``None`` when signed out, or when the refresh found the session revoked.
+        ``None`` when signed out, or when the refresh found the session revoked. An access
+        token that cannot even be written in a header is answered as the server would
+        answer it: the session is dropped (``session_revoked``).
         """
         tokens = self.state.tokens
+        if tokens is not None and not _SENDABLE_TOKEN.fullmatch(tokens.access_token):
+            await self.state.drop("session_revoked")
+            return None
         if tokens is None or tokens.refresh_token is None or tokens.expires_at is None:
             return tokens
         margin = timedelta(seconds=self.transport.settings.refresh_margin_seconds)
