@@ -296,7 +296,8 @@ class MessageListQuery(_Body):
     conversation_id: str | None = Field(default=None, max_length=64)
     parent_message_id: str | None = Field(default=None, max_length=64)
     cursor: str | None = Field(default=None, max_length=512)
-    limit: int = Field(default=20, ge=1, le=100)
+    limit: int = Field(default=20, ge=-(2**31), le=2**31 - 1)
+    """Clamped by the provider to ``1..limits.max_page_size`` (the contract), not refused."""
 
 
 class ParentQuery(_Body):
