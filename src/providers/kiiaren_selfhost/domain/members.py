@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
-
-from typing import Any
 
 from kiiaren_core.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from kiiaren_core.models import Member, Role
@@ -23,6 +23,7 @@ from kiiaren_selfhost.domain._views import MEMBER_COLUMNS, member_from_row
 __all__ = ["MemberStoreImpl", "delete_messages_where"]
 
 MEMBER_NOT_FOUND = "Member not found."
+_BATCH = 500  # ids bound per statement, well under every driver's parameter limit
 
 
 async def delete_messages_where(
@@ -46,7 +47,11 @@ async def delete_messages_where(
     if not rows:
         return
     images = [str(row.image_id) for row in rows if row.image_id is not None]
-    await tx.conn.execute(m.delete().where(m.c.id.in_([row.id for row in rows])))
+    # Delete by the same condition, not by an id list: a large channel would exceed the
+    # drivers' bound-parameter limits.
+    await tx.conn.execute(
+        m.delete().where(sa.or_(m.c.id.in_(targets), m.c.parent_message_id.in_(targets)))
+    )
     for row in rows:
         tx.emit(
             workspace_id,
@@ -58,13 +63,13 @@ async def delete_messages_where(
                 "parent_message_id": str(row.parent_message_id) if row.parent_message_id else None,
             },
         )
-    if images:
+    for start in range(0, len(images), _BATCH):
         await tx.conn.execute(
             t.stored_objects.update()
-            .where(t.stored_objects.c.id.in_(images))
+            .where(t.stored_objects.c.id.in_(images[start : start + _BATCH]))
             .values(status="deleting")
         )
-        tx.remove_files(images)
+    tx.remove_files(images)
 
 
 class MemberStoreImpl(Store):
