@@ -125,7 +125,12 @@ class RequestContextMiddleware:
                 status = 413
                 await send_error(scope, receive, send, self._too_large(limit))
         except Exception:
-            logger.exception("unhandled error while serving %s %s", scope["method"], scope["path"])
+            logger.exception(
+                "unhandled error while serving %s %s",
+                scope["method"],
+                scope["path"],
+                extra={"request_id": request_id},
+            )
             if not response_started and not replaced:
                 status = 500
                 await send_error(scope, receive, send, KiiarenError())
@@ -136,6 +141,7 @@ class RequestContextMiddleware:
                 scope["path"],
                 status,
                 extra={
+                    "request_id": request_id,
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,

@@ -273,6 +273,19 @@ async def workspace(client: httpx.AsyncClient, account: Account) -> dict[str, An
     return workspace
 
 
+@pytest.fixture
+async def provider(selfhost_url: str, tmp_path: Path) -> AsyncIterator[SelfHostProvider]:
+    """An initialised provider for an in-process app (generous rate limits, an outbox)."""
+    hosted = SelfHostProvider(
+        mailer=Outbox(), **provider_options(selfhost_url, tmp_path / "files", 8000)
+    )
+    await hosted.initialize()
+    try:
+        yield hosted
+    finally:
+        await hosted.aclose()
+
+
 @asynccontextmanager
 async def asgi_client(app: FastAPI, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
     """An in-process client of ``app`` (no lifespan: the provider is initialised by the caller)."""
