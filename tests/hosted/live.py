@@ -5,7 +5,6 @@ client under test shares nothing with it but sockets), and the client-side test 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 import socket
@@ -127,12 +126,3 @@ class DistinctClients(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-async def wait_until(predicate: Any, within: float = 5.0, interval: float = 0.02) -> None:
-    """Poll ``predicate()`` until it is true (fail after ``within`` seconds)."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(interval)

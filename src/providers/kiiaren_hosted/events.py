@@ -34,7 +34,7 @@ import logging
 import random
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import TracebackType
@@ -149,6 +149,8 @@ class HostedEventStream:
         self.generation = -1
         """The connection generation this stream's current subscription was sent on."""
         self.confirmed = False
+        self.error_retries = 0
+        """Consecutive server-side failures of this subscription (reset by an event)."""
 
     @property
     def last_seq(self) -> int | None:
@@ -200,6 +202,7 @@ class HostedEventStream:
             return False
         if event.seq is not None:
             self.cursor = event.seq
+        self.error_retries = 0
         self._push(event)
         return True
 
@@ -313,6 +316,7 @@ class EventConnection:
         self._listeners: list[ConnectionStateCallback] = []
         self._closed = False
         self._frame_counter = 0
+        self._timers: set[asyncio.Task[None]] = set()
         self._prefix = uuid.uuid4().hex[:12]
         caller.state.subscribe(self._on_auth_state)
 
@@ -613,8 +617,11 @@ class EventConnection:
             if stream is not None:
                 self._drop(stream)
                 stream.end(error)
-            else:
+            elif frame.get("id") is None:
+                # E.g. a refreshed token the server refused: it keeps the current session.
                 logger.warning("event server error: %s", error.code)
+            else:
+                logger.debug("event server error for a frame already dropped: %s", error.code)
         # ``ready`` (answer to a renewed ``auth``) and ``pong`` need nothing.
 
     def _drop(self, stream: HostedEventStream) -> None:
@@ -631,6 +638,12 @@ class EventConnection:
             await self._subscribe(stream)
             return
         self._by_id.pop(stream.frame_id or "", None)
+        if reason == "error":
+            stream.error_retries += 1
+            if stream.error_retries < self._settings.max_attempts:
+                # The server could not go on with it: resume after a back-off.
+                self._spawn(self._resubscribe_later(stream, self._backoff(stream.error_retries)))
+                return
         self._drop(stream)
         if reason in ("removed", "workspace_deleted"):
             stream.end(NotFoundError(WORKSPACE_NOT_FOUND, details={"reason": reason}))
@@ -639,12 +652,26 @@ class EventConnection:
         else:
             stream.end(None)
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
+    async def _resubscribe_later(self, stream: HostedEventStream, delay: float) -> None:
+        await asyncio.sleep(delay)
+        # While disconnected, the next connection subscribes every live stream anyway.
+        live = stream in self._streams and not stream.ended and not stream.paused
+        if live and self._ws is not None:
+            await self._subscribe(stream)
+
     async def aclose(self) -> None:
         """End every stream (ProviderClosedError) and close the socket. Idempotent."""
         if self._closed:
             return
         self._closed = True
         self._end_all(ProviderClosedError())
+        for timer in list(self._timers):
+            timer.cancel()
         task = self._task
         if task is not None:
             task.cancel()
