@@ -2,9 +2,8 @@
 
 The wire contract (frames, order, resume, close codes) is ``docs/wire-protocol-events.md``;
 the frame models are :mod:`selfhost_server.ws_protocol`. This module only reaches the provider
-through :mod:`kiiaren_core` protocols: ``app.state.provider`` (a
-:class:`~kiiaren_core.protocols.BackendProvider`), one ``with_session`` view per socket, and one
-``events.stream`` per subscription.
+through :mod:`kiiaren_core` protocols: the app's :class:`~kiiaren_core.protocols.BackendProvider`,
+one ``with_session`` view per socket, and one ``events.stream`` per subscription.
 
 A socket is served by a handful of tasks that share nothing with other sockets:
 
