@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Close, Opcode
+from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
@@ -249,11 +249,11 @@ class RawClient:
         for event in self.protocol.events_received():
             if isinstance(event, Response):
                 self.response = event
-            elif event.opcode is Opcode.TEXT:
-                self.unread.append(event.data.decode())
+            elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                self.unread.append(bytes(event.data).decode())
                 self.received += 1
-            elif event.opcode is Opcode.CLOSE:
-                self.close = Close.parse(event.data)
+            elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                self.close = Close.parse(bytes(event.data))
         return bool(data)
 
     async def read_frame(self, within: float = TIMEOUT) -> dict[str, Any]:
