@@ -91,9 +91,22 @@ class UUIDString(sa.types.TypeDecorator[str]):
             return None
         return str(value)
 
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        # SQLite holds the 32 lowercase hex digits this type bound: insert the hyphens
+        # directly instead of parsing a uuid.UUID per value (pages read thousands of ids).
+        return _hyphenate
+
     @property
     def python_type(self) -> type[str]:
         return str
+
+
+def _hyphenate(value: str | None) -> str | None:
+    if value is None or len(value) != 32:
+        return value
+    return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):

@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -111,11 +112,44 @@ class Mutation:
         self.removed_files.extend(storage_ids)
 
 
+_BUMP = (
+    sa.update(t.event_streams)
+    .where(t.event_streams.c.workspace_id == sa.bindparam("w"))
+    .values(last_seq=t.event_streams.c.last_seq + sa.bindparam("n"))
+    .returning(t.event_streams.c.last_seq)
+)
+"""Cacheable (unlike an upsert, which SQLAlchemy compiles afresh on every call)."""
+
+
+async def _bump_stream(conn: AsyncConnection, workspace_id: str, count: int, now: object) -> int:
+    """Reserve ``count`` seqs of a workspace's stream; returns the last one reserved.
+
+    The row lock taken here is held until commit (see the module docstring). The stream row is
+    created with the workspace's first events; a concurrent creation of the same stream cannot
+    happen (a workspace is created by one transaction), but the upsert fallback keeps even that
+    correct.
+    """
+    last_seq = (await conn.execute(_BUMP, {"w": workspace_id, "n": count})).scalar_one_or_none()
+    if last_seq is not None:
+        return int(last_seq)
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    streams = t.event_streams
+    created = await conn.execute(
+        insert(streams)
+        .values(workspace_id=workspace_id, last_seq=count, epoch=str(uuid.uuid4()), created_at=now)
+        .on_conflict_do_update(
+            index_elements=[streams.c.workspace_id],
+            set_={"last_seq": streams.c.last_seq + count},
+        )
+        .returning(streams.c.last_seq)
+    )
+    return int(created.scalar_one())
+
+
 async def append_events(conn: AsyncConnection, events: list[EventEnvelope]) -> list[EventEnvelope]:
     """Log ``events`` with consecutive per-workspace seqs; returns them with ``seq`` set."""
     if not events:
         return []
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     by_workspace: dict[str, list[EventEnvelope]] = {}
     for event in events:
         by_workspace.setdefault(event.workspace_id, []).append(event)
@@ -123,23 +157,7 @@ async def append_events(conn: AsyncConnection, events: list[EventEnvelope]) -> l
     now = utcnow()
     for workspace_id in sorted(by_workspace):  # a fixed lock order across workspaces
         batch = by_workspace[workspace_id]
-        streams = t.event_streams
-        last_seq = (
-            await conn.execute(
-                insert(streams)
-                .values(
-                    workspace_id=workspace_id,
-                    last_seq=len(batch),
-                    epoch=str(uuid.uuid4()),
-                    created_at=now,
-                )
-                .on_conflict_do_update(
-                    index_elements=[streams.c.workspace_id],
-                    set_={"last_seq": streams.c.last_seq + len(batch)},
-                )
-                .returning(streams.c.last_seq)
-            )
-        ).scalar_one()
+        last_seq = await _bump_stream(conn, workspace_id, len(batch), now)
         first = int(last_seq) - len(batch) + 1
         stamped = [
             event.model_copy(update={"seq": first + offset}) for offset, event in enumerate(batch)
