@@ -23,6 +23,7 @@ import getpass
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,6 +40,7 @@ from kiiaren_core.errors import (
     ConfigurationError,
     KiiarenError,
     NotAuthenticatedError,
+    ProviderNotFoundError,
 )
 from kiiaren_core.models import AuthState
 from kiiaren_core.protocols import BackendProvider, OperableProvider
@@ -142,6 +144,10 @@ class _GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def _serve(args: argparse.Namespace) -> None:
     settings = _settings(args)
     # Configuration problems stop here, with their variable's name, before any process starts.
@@ -168,6 +174,10 @@ def _serve(args: argparse.Namespace) -> None:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
         return
     server = _GracefulServer(config)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully; the
+    # default action would then report the process as killed. A stop asked for is a
+    # success: exit 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     server.run()
     if not server.started:
         raise _CommandError("The server did not start (see the log above).")
@@ -290,7 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler(args)
     except ConfigurationError as exc:
-        variable = exc.details.get("variable")
+        # The provider's name comes from KIIAREN_PROVIDER: the commands take no other.
+        default = "KIIAREN_PROVIDER" if isinstance(exc, ProviderNotFoundError) else None
+        variable = exc.details.get("variable", default)
         named = "" if not variable or str(variable) in exc.message else f" ({variable})"
         sys.stderr.write(f"kiiaren-server: configuration error{named}: {exc.message}\n")
         return EXIT_CONFIGURATION
