@@ -444,6 +444,10 @@ class Transport:
                 on every attempt; ``details["attempts"]`` says how many were made.
         """
         deadline = deadline if deadline is not None else self.new_deadline()
+        # ``send`` does not apply the client's default headers (an application's client may
+        # carry some, ours carries the User-Agent); the request's own win.
+        for name, value in self.client.headers.items():
+            request.headers.setdefault(name, value)
         safe = self.policy.is_safe(request)
         attempt = 0
         while True:
