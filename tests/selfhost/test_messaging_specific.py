@@ -350,7 +350,7 @@ class TestMessagingSpecific(ConformanceBase):
         make_user: Any,
     ) -> None:
         messages = user.provider.persistence.message
-        image = await stored_object(provider, workspace.id, user.user_id, status="pending")
+        image = await stored_object(provider, workspace.id, user.user_id, status="ready")
         message = await messages.create(
             workspace.id, body="pic", channel_id=general.id, image_id=image
         )

@@ -989,28 +989,28 @@ async def test_orphan_cleanup(
         assert await member_view.storage.get_url(kept.id) is not None
 
 
-async def test_cleanup_completes_attached_s3_uploads(
+async def test_s3_uploads_are_verified_before_they_are_attached(
     s3_provider: SelfHostProvider,
     s3_owner: SelfHostProvider,
     http: httpx.AsyncClient,
 ) -> None:
-    """An S3 upload attached to a message but never read is completed (or dropped) by the
-    cleanup, not mistaken for garbage."""
+    """Attaching checks the bytes against the ticket first: an uploaded object becomes
+    ``ready`` there and then; a ticket whose bytes never arrived cannot be attached."""
     ws = await new_workspace(s3_owner)
     channel = (await s3_owner.persistence.channel.get(ws.id))[0]
     sent = await s3_owner.storage.generate_upload_url(ws.id, content_type="image/png", size=5)
     lost = await s3_owner.storage.generate_upload_url(ws.id, content_type="image/png", size=5)
     assert await put(http, sent, b"12345") == 200
-    for ticket in (sent, lost):
-        await s3_owner.persistence.message.create(
-            ws.id, body="pic", channel_id=channel.id, image_id=ticket.storage_id
-        )
-    old = datetime.now(UTC) - timedelta(days=30)
-    await set_row(s3_provider, sent.storage_id, created_at=old)
-    await set_row(s3_provider, lost.storage_id, created_at=old, ticket_expires_at=old)
-    await files_of(s3_provider).cleanup_orphans(timedelta(days=29))
+    message = await s3_owner.persistence.message.create(
+        ws.id, body="pic", channel_id=channel.id, image_id=sent.storage_id
+    )
+    assert message.image_id == sent.storage_id
     assert (await row_of(s3_provider, sent.storage_id)).status == "ready"
-    assert await row_of(s3_provider, lost.storage_id) is None
+    with pytest.raises(NotFoundError, match="Image not found"):
+        await s3_owner.persistence.message.create(
+            ws.id, body="pic", channel_id=channel.id, image_id=lost.storage_id
+        )
+    assert (await row_of(s3_provider, lost.storage_id)).attached_at is None
 
 
 async def test_cleanup_of_objects_whose_workspace_vanished(

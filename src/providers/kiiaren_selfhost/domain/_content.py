@@ -4,22 +4,26 @@ and the stored images docs and boards attach."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kiiaren_core.errors import ConflictError, NotFoundError
+from kiiaren_core.errors import ConflictError, KiiarenError, NotFoundError
 from kiiaren_selfhost.clock import utcnow
 from kiiaren_selfhost.db import tables as t
 from kiiaren_selfhost.domain._access import as_id
 from kiiaren_selfhost.domain._unit import Mutation
+
+if TYPE_CHECKING:
+    from kiiaren_selfhost.runtime import Runtime
 
 __all__ = [
     "IMAGE_NOT_FOUND",
     "attach_image",
     "discard_files",
     "row_by_id",
+    "settle_upload",
     "title_contains",
     "title_matches",
 ]
@@ -62,6 +66,22 @@ def title_matches(title: str, query: str) -> bool:
     return query.lower() in title.lower()
 
 
+async def settle_upload(runtime: Runtime, storage_id: str | None, *, field: str) -> None:
+    """Check an upload against its ticket before it may be attached (outside transactions).
+
+    A presigned S3 upload is only known to the database as a ticket until someone looks at the
+    bytes; this makes it ``ready`` or rejects it, so nothing unverified is ever attached. Every
+    failure reads as ``Image not found.``: a caller learns nothing about other people's files.
+    """
+    key = as_id(storage_id)
+    if key is None:
+        return  # attach_image refuses it with the usual answer
+    try:
+        await runtime.files.complete_upload(key)
+    except KiiarenError:
+        raise NotFoundError(IMAGE_NOT_FOUND, details={"field": field}) from None
+
+
 async def attach_image(
     tx: Mutation, workspace_id: str, storage_id: str, *, current: str | None, field: str
 ) -> str:
@@ -86,7 +106,7 @@ async def attach_image(
         so.c.id == key,
         so.c.workspace_id == workspace_id,
         so.c.uploaded_by == tx.user_id,
-        so.c.status.in_(("pending", "ready")),
+        so.c.status == "ready",  # settle_upload ran before the transaction
     )
     attached = await tx.conn.execute(
         so.update().where(own_upload, so.c.attached_at.is_(None)).values(attached_at=utcnow())

@@ -24,6 +24,7 @@ from kiiaren_selfhost.domain._content import (
     attach_image,
     discard_files,
     row_by_id,
+    settle_upload,
     title_contains,
     title_matches,
 )
@@ -161,6 +162,8 @@ class BoardStoreImpl(Store):
             _check_scene(excalidraw_data)
             values["excalidraw_data"] = excalidraw_data
         key = as_id(board_id)
+        if isinstance(thumbnail_id, str):
+            await settle_upload(self._rt, thumbnail_id, field="thumbnail_id")
         async with self.mutation() as tx:
             if key is None:
                 raise NotFoundError(BOARD_NOT_FOUND)

@@ -24,6 +24,7 @@ from kiiaren_selfhost.domain._content import (
     attach_image,
     discard_files,
     row_by_id,
+    settle_upload,
     title_contains,
     title_matches,
 )
@@ -231,6 +232,8 @@ class DocStoreImpl(Store):
                     "is_published must be a boolean.", details={"field": "is_published"}
                 )
             values["is_published"] = is_published
+        if isinstance(cover_image_id, str):
+            await settle_upload(self._rt, cover_image_id, field="cover_image_id")
         async with self.mutation() as tx:
             row = await self._load(tx, doc_id)
             workspace_id = str(row.workspace_id)

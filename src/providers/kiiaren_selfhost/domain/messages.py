@@ -50,7 +50,7 @@ from kiiaren_core.validation import validate_message_body, validate_reaction
 from kiiaren_selfhost.clock import utcnow
 from kiiaren_selfhost.db import tables as t
 from kiiaren_selfhost.domain._access import Membership, as_id
-from kiiaren_selfhost.domain._content import attach_image
+from kiiaren_selfhost.domain._content import attach_image, settle_upload
 from kiiaren_selfhost.domain._unit import Mutation, Store
 from kiiaren_selfhost.domain._views import MEMBER_COLUMNS, member_from_row
 from kiiaren_selfhost.domain.members import delete_messages_where
@@ -501,6 +501,8 @@ class MessageStoreImpl(Store):
                     "A message belongs to a channel or a conversation, not both.",
                     details={"field": "conversation_id"},
                 )
+        if image_id is not None:
+            await settle_upload(self._rt, image_id, field="image_id")
         async with self.mutation() as tx:
             row = await self._context(
                 tx, workspace_id, channel_id, conversation_id, parent_message_id
