@@ -359,3 +359,48 @@ def test_importing_the_client_imports_no_selfhost_and_no_server() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("lost_first_answer", [True, False])
+async def test_a_single_use_upload_url_met_again_by_a_repeat(lost_first_answer: bool) -> None:
+    """The first PUT stored the bytes but its answer was lost; the repeat meets 409."""
+    puts: list[int] = []
+    ticket = {
+        "storage_id": "s1",
+        "url": f"{BASE}/v1/storage/objects/s1?signature=abc",
+        "method": "PUT",
+        "expires_at": (NOW + timedelta(minutes=5)).isoformat(),
+        "max_bytes": 5,
+        "content_type": "text/plain",
+    }
+    stored = {
+        "id": "s1",
+        "workspace_id": "w1",
+        "content_type": "text/plain",
+        "size_bytes": 5,
+        "uploaded_by": "u1",
+        "created_at": NOW.isoformat(),
+    }
+    conflict = {"error": {"code": "conflict", "message": "Already uploaded.", "details": {}}}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/workspaces/w1/uploads":
+            return httpx.Response(201, json=ticket)
+        if request.url.path == "/v1/storage/objects/s1":
+            puts.append(1)
+            if len(puts) == 1 and lost_first_answer:
+                raise httpx.ReadError("connection reset")
+            return httpx.Response(409, json=conflict)
+        return httpx.Response(200, json=stored)
+
+    server = Server(report(managed=False), answer)
+    async with provider_for(server, backoff_base_seconds=0) as provider:
+        view = provider.with_session("t")
+        if lost_first_answer:
+            result = await view.storage.upload("w1", b"hello", content_type="text/plain")
+            assert result.size_bytes == 5
+        else:
+            with pytest.raises(KiiarenError) as caught:
+                await view.storage.upload("w1", b"hello", content_type="text/plain")
+            assert caught.value.code == "conflict"
+    assert len(puts) == (2 if lost_first_answer else 1)

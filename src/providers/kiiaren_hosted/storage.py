@@ -46,7 +46,9 @@ class HostedStorage:
     async def send(self, ticket: UploadTicket, data: bytes) -> None:
         """Upload ``data`` as ``ticket`` says (its method, URL and headers, nothing else).
 
-        Retried like any idempotent request (``PUT`` replaces the same object).
+        Retried like any idempotent request. A signed URL of the bundled server is single
+        use: when a repeat of a request whose answer was lost meets ``409``, the object is
+        checked, and an object holding bytes is the first attempt's success.
 
         Raises:
             KiiarenError: the class the server answered with (the bundled server's error
@@ -55,8 +57,13 @@ class HostedStorage:
         self._caller.check_open()
         request = httpx.Request(ticket.method, ticket.url, content=data, headers=ticket.headers)
         response = await self._caller.transport.send(request)
-        if not response.is_success:
-            raise error_from_response(response)
+        if response.is_success:
+            return
+        if response.status_code == 409 and response.extensions.get("kiiaren_attempts", 1) > 1:
+            stored = await self.get_metadata(ticket.storage_id)
+            if stored is not None and stored.size_bytes is not None:
+                return
+        raise error_from_response(response)
 
     async def upload(
         self,

@@ -437,7 +437,8 @@ class Transport:
         self, request: httpx.Request, *, deadline: float | None = None
     ) -> httpx.Response:
         """Send ``request``, retrying where safe; the final answer is returned whatever its
-        status (read in full).
+        status (read in full), with the number of attempts in
+        ``response.extensions["kiiaren_attempts"]``.
 
         Raises:
             BackendUnavailableError: the server could not be reached (or the deadline passed)
@@ -496,6 +497,9 @@ class Transport:
                     )
                     await self._sleep(wait)
                     continue
+            # How many attempts it took: a repeat may meet the first attempt's effect (a
+            # single-use upload URL answers 409), and only the caller can tell.
+            response.extensions["kiiaren_attempts"] = attempt
             return response
 
     async def aclose(self) -> None:
