@@ -47,10 +47,6 @@ KNOWN_DIFFERENCES: dict[str, str] = {
         "wire.py SearchQuery.query has max_length=200: doc.search answers 422 for the "
         "suite's 300-character query where self-host answers []"
     ),
-    "test_limit_is_clamped": (
-        "wire.py MessageListQuery.limit has ge=1, le=100: message.list answers 422 for "
-        "limit 0, -5 and 1000 where self-host clamps to 1..max_page_size"
-    ),
     "test_anonymous": (
         "wire.py declares storage.url and storage.metadata access='session': a signed-out "
         "caller gets 401 not_authenticated where self-host answers None"
