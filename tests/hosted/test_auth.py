@@ -160,7 +160,8 @@ async def test_sign_out_keeps_the_session_when_the_server_cannot_be_reached(
     server.unavailable = True
     with pytest.raises(BackendUnavailableError):
         await provider.auth.sign_out()
-    assert provider.auth.tokens is not None, "kept, so the sign-out can be retried"
+    kept = provider.auth.tokens
+    assert kept is not None, "kept, so the sign-out can be retried"
     server.unavailable = False
     await provider.auth.sign_out()
     assert provider.auth.tokens is None
