@@ -103,11 +103,14 @@ class ConnectionState(StrEnum):
 ConnectionStateCallback = Callable[[ConnectionState], Awaitable[None] | None]
 
 
-class _FatalError(Exception):
-    """The connection cannot go on; every stream ends with ``error``."""
+ErrorFactory = Callable[[], BaseException]
 
-    def __init__(self, error: KiiarenError) -> None:
-        super().__init__(error.message)
+
+class _FatalError(Exception):
+    """The connection cannot go on; every stream ends with a fresh ``error()``."""
+
+    def __init__(self, error: ErrorFactory) -> None:
+        super().__init__("event connection ended")
         self.error = error
 
 
@@ -413,15 +416,16 @@ class EventConnection:
         with contextlib.suppress(ConnectionClosed):  # the runner notices and reconnects
             await ws.send(json.dumps(frame, separators=(",", ":")))
 
-    def _end_all(self, error: BaseException) -> None:
+    def _end_all(self, error: ErrorFactory) -> None:
+        """End every stream, each with its own exception (raised once per reader)."""
         for stream in list(self._streams):
-            stream.end(error)
+            stream.end(error())
         self._streams.clear()
         self._by_id.clear()
 
     async def _on_auth_state(self, state: AuthState) -> None:
         if state.event in ("signed_out", "session_revoked") and self._streams:
-            self._end_all(NotAuthenticatedError(SESSION_ENDED))
+            self._end_all(_session_ended)
             if self._ws is not None:
                 with contextlib.suppress(Exception):
                     await self._ws.close()
@@ -476,7 +480,7 @@ class EventConnection:
             self._by_id.clear()
             if not self._closed and self._streams:
                 # Only a bug gets here with streams left: do not leave them hanging.
-                self._end_all(BackendUnavailableError("The event connection stopped."))
+                self._end_all(lambda: BackendUnavailableError("The event connection stopped."))
             await self._set_state(ConnectionState.CLOSED)
 
     async def _reauthenticate(self, attempt: int) -> bool:
@@ -484,12 +488,12 @@ class EventConnection:
         tokens = self.caller.state.tokens
         if tokens is None or tokens.refresh_token is None or attempt > 2:
             await self.caller.state.drop("session_revoked")
-            self._end_all(NotAuthenticatedError(SESSION_ENDED))
+            self._end_all(_session_ended)
             return False
         try:
             await self.caller.refresh(tokens)
         except NotAuthenticatedError:
-            self._end_all(NotAuthenticatedError(SESSION_ENDED))
+            self._end_all(_session_ended)
             return False
         except KiiarenError as exc:
             logger.info("refresh after 4401 failed: %s", exc.code)
@@ -500,7 +504,7 @@ class EventConnection:
         closes; returns the close code."""
         tokens = await self.caller.fresh_tokens()
         if tokens is None:
-            raise _FatalError(NotAuthenticatedError(SESSION_ENDED))
+            raise _FatalError(_session_ended)
         s = self._settings
         async with connect(
             self.url,
@@ -544,7 +548,7 @@ class EventConnection:
             code = ws.close_code
         if code in FATAL_CLOSE_CODES:
             raise _FatalError(
-                KiiarenError(
+                lambda: KiiarenError(
                     f"The event server closed the connection ({code}).",
                     details={"close_code": code},
                 )
@@ -669,7 +673,7 @@ class EventConnection:
         if self._closed:
             return
         self._closed = True
-        self._end_all(ProviderClosedError())
+        self._end_all(ProviderClosedError)
         for timer in list(self._timers):
             timer.cancel()
         task = self._task
@@ -678,6 +682,10 @@ class EventConnection:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._set_state(ConnectionState.CLOSED)
+
+
+def _session_ended() -> NotAuthenticatedError:
+    return NotAuthenticatedError(SESSION_ENDED)
 
 
 def _wire_error(error: object) -> KiiarenError:
