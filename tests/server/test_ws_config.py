@@ -58,7 +58,12 @@ def test_uvicorn_options_carry_the_heartbeat_and_bound_message_buffering() -> No
     options = ws.uvicorn_options(
         SimpleNamespace(ws_heartbeat_interval_seconds=5.0, ws_heartbeat_timeout_seconds=7.0)
     )
-    assert options == {"ws_ping_interval": 5.0, "ws_ping_timeout": 7.0, "ws_max_size": 1 << 20}
+    assert options == {
+        "ws_ping_interval": 5.0,
+        "ws_ping_timeout": 7.0,
+        "ws_max_size": 1 << 20,
+        "ws_per_message_deflate": False,
+    }
     big = ws.uvicorn_options(SimpleNamespace(ws_max_frame_bytes=1 << 20))
     assert big["ws_max_size"] == 4 << 20
 

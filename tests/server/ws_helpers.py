@@ -81,7 +81,9 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def serve(app: FastAPI, **uvicorn_options: Any) -> AsyncIterator[Server]:
-    """Run ``app`` under uvicorn on 127.0.0.1 in this event loop until the block exits."""
+    """Run ``app`` under uvicorn on 127.0.0.1 in this event loop until the block exits,
+    with the options production uses (``ws.uvicorn_options``) unless overridden."""
+    uvicorn_options = {**ws.uvicorn_options(app.state.kiiaren.settings), **uvicorn_options}
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
