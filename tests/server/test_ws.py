@@ -63,9 +63,8 @@ from tests.server.ws_helpers import (
 
 pytestmark = pytest.mark.anyio
 
-# The self-host provider fixtures, parametrized over SQLite and PostgreSQL (found by name).
-sqlite_url = selfhost_fixtures.sqlite_url
-selfhost_url = selfhost_fixtures.selfhost_url
+# A fresh self-host provider per test on ``selfhost_url`` (SQLite and PostgreSQL, from
+# tests/server/conftest.py); found by name.
 selfhost_provider = selfhost_fixtures.selfhost_provider
 
 ALLOWED_ORIGIN = "https://app.example.com"
