@@ -172,7 +172,8 @@ class TokenBody(_Body):
 
 
 class EmailBody(_Body):
-    email: str = Field(max_length=320)
+    # No length bound here: an impossible address is the provider's "no match", as in-process.
+    email: str
 
 
 class ResetPasswordBody(_Body):
@@ -248,7 +249,8 @@ class InviteCreateBody(_Body):
 
 
 class InviteCodeBody(_Body):
-    code: str = Field(max_length=128)
+    # Unbounded like EmailBody: an over-long code is simply "not found" (the body limit caps it).
+    code: str
 
 
 class DomainBody(_Body):
@@ -305,7 +307,7 @@ class ParentQuery(_Body):
 
 
 class SearchQuery(_Body):
-    query: str = Field(default="", max_length=200)
+    query: str = ""
 
 
 class RedirectQuery(_Body):

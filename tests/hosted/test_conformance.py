@@ -33,25 +33,8 @@ from tests.selfhost.conftest import TEST_OPTIONS
 # Differences between this run and the self-host run whose cause is outside the hosted
 # client (its requests are what the wire table says). Strict: a fix turns them into failures
 # here, so the entry must then go.
-KNOWN_DIFFERENCES: dict[str, str] = {
-    "test_domain_check_email_is_public_and_needs_a_verified_domain": (
-        "wire.py EmailBody.email has max_length=320: the server answers 422 invalid_input "
-        "for the suite's 1000-character address where self-host answers matches=False"
-    ),
-    "test_invite_public_reads": (
-        "wire.py InviteCodeBody.code has max_length=128: invite.preview/validate answer 422 "
-        "for the suite's 10,000-character code where self-host answers None / "
-        "valid=False 'Invite link not found.'"
-    ),
-    "test_doc_search": (
-        "wire.py SearchQuery.query has max_length=200: doc.search answers 422 for the "
-        "suite's 300-character query where self-host answers []"
-    ),
-    "test_anonymous": (
-        "wire.py declares storage.url and storage.metadata access='session': a signed-out "
-        "caller gets 401 not_authenticated where self-host answers None"
-    ),
-}
+KNOWN_DIFFERENCES: dict[str, str] = {}
+"""Conformance tests where hosted and self-host still differ (test name -> why). Empty."""
 
 
 class HttpObjects:

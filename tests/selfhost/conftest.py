@@ -8,7 +8,7 @@ workspaces, as the conformance suite does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     scope="session",
     params=[pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)],
 )
-def selfhost_url(request: pytest.FixtureRequest) -> Iterator[str]:
+def selfhost_url(request: pytest.FixtureRequest) -> str:
     """A migrated database URL, once per backend per session."""
     import anyio
 

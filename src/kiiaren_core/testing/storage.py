@@ -352,8 +352,10 @@ class StorageConformance(ConformanceBase):
             await storage.upload(workspace.id, b"abc", content_type="image/png")
         with pytest.raises(NotAuthenticatedError):
             await storage.remove(stored.id)
-        assert await storage.get_url(stored.id) is None
-        assert await storage.get_metadata(stored.id) is None
+        with pytest.raises(NotAuthenticatedError):
+            await storage.get_url(stored.id)
+        with pytest.raises(NotAuthenticatedError):
+            await storage.get_metadata(stored.id)
         assert await user.provider.storage.get_metadata(stored.id) == stored
 
     async def test_member_cannot_remove_others_files(

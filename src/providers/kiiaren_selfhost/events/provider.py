@@ -168,7 +168,9 @@ class SelfHostEventStream:
             if sub.state is SubscriberState.CLOSED and sub.queue.empty():
                 self._finish(sub.close_reason)
             try:
-                item = await asyncio.wait_for(sub.queue.get(), timeout=RECHECK_SECONDS)
+                # asyncio.timeout, not wait_for: wait_for makes a task per item (3.11).
+                async with asyncio.timeout(RECHECK_SECONDS):
+                    item = await sub.queue.get()
             except TimeoutError:
                 await self._recheck(sub)
                 continue

@@ -182,11 +182,9 @@ class SelfHostStorage(ServedObjects, Store):
 
     async def _visible(self, storage_id: str) -> ObjectRecord | None:
         """The object if the caller is a member of its workspace and it is not deleted."""
-        key = as_id(storage_id)
-        if key is None:
-            return None
-        async with self.query(anonymous=True) as q:
-            if q.user_id is None:
+        async with self.query() as q:  # signed-out callers: NotAuthenticatedError
+            key = as_id(storage_id)
+            if key is None:
                 return None
             row = (
                 await q.conn.execute(
