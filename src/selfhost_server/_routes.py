@@ -116,6 +116,37 @@ class _Arguments:
         return arguments
 
 
+def _check_text(value: Any, field: str) -> None:
+    """Refuse text no backend can store: NUL characters and lone surrogates.
+
+    PostgreSQL text cannot hold NUL, and lone surrogates (legal in JSON escapes) are not
+    UTF-8: either would otherwise fail deep in a provider instead of as bad input.
+    """
+    if isinstance(value, str):
+        if "\x00" in value or (not value.isascii() and not _encodable(value)):
+            raise InvalidInputError(
+                "Text must be valid Unicode without NUL characters.", details={"field": field}
+            )
+    elif isinstance(value, pydantic.BaseModel):
+        for name in value.model_fields_set:
+            _check_text(getattr(value, name), name)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, field)
+            _check_text(item, field)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_text(item, field)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _fields(model: pydantic.BaseModel, *, only_sent: bool) -> dict[str, Any]:
     # Attribute access, not model_dump(): nested models (an invite's scope) stay models.
     names = model.model_fields_set if only_sent else type(model).model_fields
@@ -308,6 +339,8 @@ def _endpoint(op: Operation) -> Callable[..., Awaitable[Response]]:
     render = _renderer(op)
 
     async def endpoint(request: Request, **values: Any) -> Response:
+        for name, value in values.items():
+            _check_text(value, name)
         args = _Arguments(
             path={name: values[name] for name in op.path_params},
             query=values.get("query"),
