@@ -144,6 +144,27 @@ class _GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def _listening_socket(settings: ServerSettings) -> socket.socket:
+    """The TCP socket the worker processes share.
+
+    Made with ``IPPROTO_TCP`` (uvicorn's has protocol 0): asyncio sets ``TCP_NODELAY`` only
+    on connections accepted from such sockets, and without it a response written in two
+    parts waits for the client's delayed ACK (40 ms a request).
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise _CommandError(
+            f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror}."
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -171,7 +192,7 @@ def _serve(args: argparse.Namespace) -> None:
     if settings.workers > 1:
         # Each worker process runs uvicorn's own server: its event sockets are closed by
         # uvicorn (1012, "service restart") rather than with 1001.
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        Multiprocess(config, sockets=[_listening_socket(settings)]).run()
         return
     server = _GracefulServer(config)
     # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully; the

@@ -137,42 +137,57 @@ async def test_migrate_and_create_user(selfhost_url: str, tmp_path: Path) -> Non
         await provider.aclose()
 
 
-def test_serve_and_graceful_shutdown(tmp_path: Path) -> None:
+def start_server(tmp_path: Path, *args: str, **variables: str) -> tuple[subprocess.Popen[str], int]:
+    """``kiiaren-server serve`` in a subprocess, once it answers ``/health``."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "selfhost_server", "serve", "--port", str(port)],
+        [sys.executable, "-m", "selfhost_server", "serve", "--port", str(port), *args],
         cwd=tmp_path,
-        env=environment(KIIAREN_SERVER_LOG_FORMAT="json"),
+        env=environment(**variables),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    deadline = time.monotonic() + 30
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(process.communicate())
+            try:
+                if http.get("/health").status_code == 200:
+                    return process, port
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGTERM, then the output; the process must exit 0 within 15 seconds."""
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
     try:
-        deadline = time.monotonic() + 30
+        stdout, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert time.monotonic() - started < 15
+    return stdout, stderr
+
+
+def test_serve_and_graceful_shutdown(tmp_path: Path) -> None:
+    process, port = start_server(tmp_path, KIIAREN_SERVER_LOG_FORMAT="json")
+    try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            while True:
-                assert process.poll() is None, process.communicate()
-                try:
-                    if http.get("/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.1)
             assert http.get("/ready").status_code == 200
             assert (
                 http.get("/v1/x?secret=do-not-log", headers={"X-Request-ID": "cli-1"}).status_code
                 == 404
             )
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=20)
-        assert process.returncode == 0, stderr
-        assert time.monotonic() - started < 15
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        stdout, stderr = stop(process)
     assert f"http://127.0.0.1:{port}" in stdout
     assert "/docs" in stdout
     assert "/openapi.json" in stdout
@@ -181,3 +196,36 @@ def test_serve_and_graceful_shutdown(tmp_path: Path) -> None:
     assert any(line["request_id"] == "cli-1" and line["status"] == 404 for line in access)
     assert "do-not-log" not in stderr
     assert any("closed" in line["message"] for line in lines if line["logger"] == "kiiaren.server")
+
+
+@pytest.mark.postgres
+def test_several_worker_processes_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    """Two worker processes, no sticky sessions: a session and an Idempotency-Key made
+    through one connection work through any other."""
+    database = {"KIIAREN_SELFHOST_DATABASE_URL": postgres_url}
+    assert cli("migrate", cwd=tmp_path, **database).returncode == 0
+    process, port = start_server(tmp_path, "--workers", "2", **database)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        email = f"workers-{os.urandom(4).hex()}@example.com"
+        with httpx.Client(base_url=base) as http:
+            grant = http.post(
+                "/v1/auth/sign-up", json={"email": email, "password": PASSWORD, "name": "W"}
+            ).json()
+        headers = {
+            "Authorization": f"Bearer {grant['tokens']['access_token']}",
+            "Idempotency-Key": os.urandom(8).hex(),
+        }
+        answers = []
+        for _ in range(8):
+            # A new connection each time, so requests land on either process.
+            with httpx.Client(base_url=base) as http:
+                answers.append(
+                    http.post("/v1/workspaces", json={"name": "shared"}, headers=headers)
+                )
+        assert {answer.status_code for answer in answers} == {201}
+        assert len({answer.json()["id"] for answer in answers}) == 1
+        assert sum("idempotent-replayed" in answer.headers for answer in answers) == 7
+    finally:
+        _, stderr = stop(process)
+    assert stderr.count("provider selfhost closed") == 2
