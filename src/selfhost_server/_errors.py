@@ -102,11 +102,16 @@ def envelope_response(
 
 
 def error_response(error: KiiarenError, request_id: str) -> Response:
-    """The envelope for ``error``, with ``Retry-After`` for 429 and 503 answers."""
+    """The envelope for ``error``, with ``Retry-After`` for 429 and 503 answers and
+    ``WWW-Authenticate: Bearer`` for 401 answers."""
     if error.http_status >= 500:
         logger.warning("request failed: %s (%s)", error.code, type(error).__name__)
+    headers: dict[str, str] = {}
     retry = _retry_after(error)
-    headers = {"Retry-After": retry} if retry is not None else None
+    if retry is not None:
+        headers["Retry-After"] = retry
+    if error.http_status == 401:
+        headers["WWW-Authenticate"] = "Bearer"  # RFC 6750: the scheme that would succeed
     return envelope_response(error.http_status, _public_form(error), request_id, headers)
 
 

@@ -3,8 +3,8 @@
 FastAPI documents the routes, their parameters, bodies, response models and the error
 envelopes declared per route. This adds the bearer security scheme (each operation names it
 according to its access), and the response headers every answer can carry: ``X-Request-ID``
-always, ``Retry-After`` on ``429`` and ``503``, ``Idempotent-Replayed`` on the success of a
-request that accepts an ``Idempotency-Key``.
+always, ``Retry-After`` on ``429`` and ``503``, ``WWW-Authenticate`` on ``401``, and
+``Idempotent-Replayed`` on the success of a request that accepts an ``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ _REQUEST_ID = {
 _RETRY_AFTER = {
     "description": "Seconds to wait before retrying.",
     "schema": {"type": "integer", "minimum": 1},
+}
+_CHALLENGE = {
+    "description": "`Bearer`: authenticate with an access token.",
+    "schema": {"type": "string"},
 }
 _REPLAYED = {
     "description": "`true` when this is the stored answer of an earlier request with the "
@@ -54,6 +58,8 @@ def _complete(document: dict[str, Any]) -> dict[str, Any]:
                 headers[REQUEST_ID_HEADER] = _REQUEST_ID
                 if status in ("429", "503"):
                     headers["Retry-After"] = _RETRY_AFTER
+                if status == "401":
+                    headers["WWW-Authenticate"] = _CHALLENGE
                 if keyed and status.startswith("2"):
                     headers[REPLAYED_HEADER] = _REPLAYED
     return document

@@ -47,7 +47,9 @@ def assert_envelope(response: httpx.Response, status: int, code: str) -> dict[st
 async def test_unauthenticated_forbidden_missing(
     live_server: LiveServer, client: httpx.AsyncClient, account: Account
 ) -> None:
-    assert_envelope(await client.get("/v1/auth/user"), 401, "not_authenticated")
+    anonymous = await client.get("/v1/auth/user")
+    assert_envelope(anonymous, 401, "not_authenticated")
+    assert anonymous.headers["www-authenticate"] == "Bearer"
     bad = {"Authorization": "Bearer not-a-token"}
     assert_envelope(await client.get("/v1/auth/user", headers=bad), 401, "not_authenticated")
     assert_envelope(
