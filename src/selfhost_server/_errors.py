@@ -72,10 +72,12 @@ class ErrorEnvelope(BaseModel):
 
 
 def _retry_after(error: KiiarenError) -> str | None:
+    """Whole seconds to wait, for 429 and every 503 (at least 1)."""
     if isinstance(error, RateLimitedError):
         return str(max(1, math.ceil(error.retry_after)))
-    if isinstance(error, BackendUnavailableError):
-        return str(max(1, math.ceil(error.retry_after or 1)))
+    if error.http_status == 503:
+        seconds = error.retry_after if isinstance(error, BackendUnavailableError) else None
+        return str(max(1, math.ceil(seconds or 1)))
     return None
 
 
@@ -129,7 +131,6 @@ def _validation_details(exc: RequestValidationError) -> dict[str, Any]:
         {
             "loc": [str(part) for part in error.get("loc", ())],
             "message": str(error.get("msg", "Invalid value.")),
-            "type": str(error.get("type", "value_error")),
         }
         for error in exc.errors()
     ]
