@@ -154,10 +154,10 @@ def create_app(provider: BackendProvider, settings: ServerSettings | None = None
         responses={500: {"model": ErrorEnvelope, "description": "Unexpected failure"}},
     )
     add_operation_routes(app)
-    upload_limit = provider.capabilities.limits.max_upload_bytes
     storage = provider.storage
-    served = isinstance(storage, ServedStorage)
+    served = False
     if isinstance(storage, ServedStorage):
+        served = True
         add_storage_routes(app, storage, provider.capabilities.limits.allowed_upload_types)
     app.add_api_route(
         "/health",
@@ -194,7 +194,8 @@ def create_app(provider: BackendProvider, settings: ServerSettings | None = None
 
     def body_limit(path: str) -> int:
         if served and path.startswith(OBJECTS_PREFIX):
-            return upload_limit
+            # Read per request: a provider may learn its limits when it is initialised.
+            return provider.capabilities.limits.max_upload_bytes
         return settings.body_limit_bytes
 
     # Added last, so it is the outermost layer: every answer, CORS's included, gets an id.

@@ -392,3 +392,36 @@ def test_json_log_lines() -> None:
     assert line["status"] == 200
     assert line["level"] == "info"
     assert line["logger"] == "kiiaren.server"
+
+
+# --- events.emit -----------------------------------------------------------------------------
+
+
+async def test_emitted_typing_is_the_callers(
+    client: httpx.AsyncClient, account: Account, workspace: dict[str, Any]
+) -> None:
+    url = f"/v1/workspaces/{workspace['id']}/events"
+    typing = await client.post(
+        url,
+        json={"type": "typing.changed", "payload": {"user_id": "someone-else", "is_typing": True}},
+        headers=account.headers,
+    )
+    assert typing.status_code == 201, typing.text
+    event = typing.json()
+    assert event["seq"] is None
+    assert event["workspace_id"] == workspace["id"]
+    assert event["payload"]["user_id"] == event["actor_id"] == account.user_id
+    bad = await client.post(
+        url, json={"type": "typing.changed", "payload": {"nonsense": 1}}, headers=account.headers
+    )
+    assert_envelope(bad, 422, "invalid_input")
+    assert bad.json()["error"]["details"] == {"field": "payload"}
+    kernel = await client.post(
+        url, json={"type": "message.created", "payload": {}}, headers=account.headers
+    )
+    assert_envelope(kernel, 422, "invalid_input")
+    app_event = await client.post(
+        url, json={"type": "app.ping", "payload": {"n": 1}}, headers=account.headers
+    )
+    assert app_event.status_code == 201
+    assert app_event.json()["seq"] >= 1
