@@ -116,6 +116,11 @@ class _Arguments:
         return arguments
 
 
+_CLEANED_BY_PROVIDERS: Final = frozenset({"filename"})
+"""Fields whose control characters the contract has providers remove (the conformance
+suite's file-name rules): a NUL there is something to clean, not an error."""
+
+
 def _check_text(value: Any, field: str) -> None:
     """Refuse text no backend can store: NUL characters and lone surrogates.
 
@@ -123,7 +128,8 @@ def _check_text(value: Any, field: str) -> None:
     UTF-8: either would otherwise fail deep in a provider instead of as bad input.
     """
     if isinstance(value, str):
-        if "\x00" in value or (not value.isascii() and not _encodable(value)):
+        nul = "\x00" in value and field not in _CLEANED_BY_PROVIDERS
+        if nul or (not value.isascii() and not _encodable(value)):
             raise InvalidInputError(
                 "Text must be valid Unicode without NUL characters.", details={"field": field}
             )
