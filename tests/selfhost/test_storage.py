@@ -66,8 +66,9 @@ pytestmark = pytest.mark.anyio
 
 PNG = b"\x89PNG\r\n\x1a\n" + secrets.token_bytes(300)
 KEY = b"k" * 32
-WS = str(uuid.uuid4())
-SID = str(uuid.uuid4())
+# Fixed ids: parametrize ids must agree across xdist workers.
+WS = "4d11c75e-f9a0-401e-a864-a19d5051c1bc"
+SID = "7ecae9d5-d8e6-4dad-8bd9-78828819c283"
 SOON = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
 
 
@@ -228,7 +229,7 @@ def test_upload_signature_round_trip() -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("w", str(uuid.uuid4())),
+        ("w", "0b3f7d4e-2a51-4c6e-9f0d-3c1b2a7e8d90"),
         ("e", str(int(SOON.timestamp()) + 3600)),
         ("t", "text/plain"),
         ("m", "101"),
@@ -238,6 +239,7 @@ def test_upload_signature_round_trip() -> None:
         ("s", ""),
         ("n", "extra.png"),  # not part of an upload URL: ignored, still valid
     ],
+    ids=["workspace", "expiry", "type", "max", "max-exp", "max-digits", "sig", "no-sig", "name"],
 )
 def test_upload_signature_tampering(name: str, value: str) -> None:
     query = query_of(_upload_url())

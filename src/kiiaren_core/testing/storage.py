@@ -288,7 +288,8 @@ class StorageConformance(ConformanceBase):
             ("../../etc/passwd", "passwd"),
             ("..\\..\\windows\\system.ini", "system.ini"),
             ("/abs/path/photo.png", "photo.png"),
-            ("a\x00b\x1fc\x7f.png", "abc.png"),
+            # No NUL: the wire refuses NUL anywhere in text (PostgreSQL cannot store it).
+            ("a\x01b\x1fc\x7f.png", "abc.png"),
             ("evil\u202egnp.exe", "evilgnp.exe"),
             ("  spaced.png  ", "spaced.png"),
             ("..", None),
