@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-
 from kiiaren_selfhost.clock import utcnow
 from kiiaren_selfhost.db import tables as t
 
