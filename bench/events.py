@@ -225,8 +225,8 @@ def _drop_postgres(admin_url: str, name: str) -> None:
     import psycopg
     from sqlalchemy.engine import make_url
 
-    conninfo = make_url(admin_url).set(drivername="postgresql").render_as_string(
-        hide_password=False
+    conninfo = (
+        make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
     )
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -69,5 +69,3 @@ async def run_periodically(runtime: Runtime) -> None:
             await run_maintenance(runtime)
         except Exception:
             logger.exception("maintenance pass failed")
-
-
