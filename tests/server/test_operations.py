@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from kiiaren_core.models import ChannelScope, Role, Workspace
+from kiiaren_core.models import ChannelScope, PresenceStatus, Role, Workspace
 from kiiaren_core.protocols import BackendProvider
 from kiiaren_core.testing.base import unique_email
 from kiiaren_core.wire import OPERATIONS, Operation
@@ -257,7 +257,7 @@ async def seed_foreign(world: World) -> None:
     await foreign.persistence.invite.create(workspace.id, scope=ChannelScope(channel_id=channel.id))
     await foreign.persistence.domain.add(workspace.id, f"{canary}.example.com")
     await foreign.storage.upload(workspace.id, PNG, content_type="image/png", filename=canary)
-    await foreign.events.set_presence(workspace.id, "online")  # type: ignore[arg-type]
+    await foreign.events.set_presence(workspace.id, PresenceStatus.ONLINE)
     world.ids["foreign_workspace"] = workspace.id
 
 
@@ -468,7 +468,7 @@ NOW = "2026-01-01T00:00:00Z"
 MATRIX: Final[dict[str, Case]] = {
     # --- auth: the caller's own account; session-ending calls use sessions of their own ---
     "auth.sign_up": static(
-        (201,) * 6,  # type: ignore[arg-type]
+        (201,) * 6,
         json=lambda w: {**SIGN_UP, "email": unique_email("new")},
     ),
     "auth.sign_in": fresh(ANYONE, _sign_in),
@@ -484,10 +484,10 @@ MATRIX: Final[dict[str, Case]] = {
     "auth.request_email_verification": static(SIGNED_IN_NO_CONTENT),
     "auth.verify_email": fresh(ANYONE, _verify_email),
     "auth.request_password_reset": static(
-        (202,) * 6,  # type: ignore[arg-type]
+        (202,) * 6,
         json=lambda w: {"email": unique_email("nobody")},
     ),
-    "auth.reset_password": fresh((204,) * 6, _reset_password),  # type: ignore[arg-type]
+    "auth.reset_password": fresh((204,) * 6, _reset_password),
     "auth.oauth_start": static(ANYONE, path=lambda w: {"provider": "github"}),
     "auth.oauth_callback": fresh(ANYONE, _oauth_callback),
     # --- workspaces ---
