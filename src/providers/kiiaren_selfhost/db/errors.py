@@ -36,7 +36,12 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from kiiaren_core.errors import BackendUnavailableError, ConflictError, KiiarenError
+from kiiaren_core.errors import (
+    BackendUnavailableError,
+    ConflictError,
+    InvalidInputError,
+    KiiarenError,
+)
 from kiiaren_selfhost.db.tables import metadata
 
 __all__ = [
@@ -157,6 +162,11 @@ def _unavailable(cause: BaseException) -> BackendUnavailableError:
     return BackendUnavailableError(retry_after=_RETRY_AFTER)
 
 
+# PostgreSQL cannot store NUL in text (22021) nor characters outside the encoding (22P05):
+# bad input, not a server fault. (SQLite stores both; the wire refuses them for parity.)
+_PG_UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
+
+
 def _from_postgres(orig: BaseException, *, operational: bool) -> KiiarenError | None:
     sqlstate = getattr(orig, "sqlstate", None)
     if isinstance(sqlstate, str):
@@ -167,6 +177,17 @@ def _from_postgres(orig: BaseException, *, operational: bool) -> KiiarenError | 
             return _conflict(violation, name if isinstance(name, str) else None)
         if sqlstate[:2] in _PG_UNAVAILABLE_CLASSES or sqlstate in _PG_UNAVAILABLE_STATES:
             return _unavailable(orig)
+        if sqlstate in _PG_UNSTORABLE_TEXT:
+            return InvalidInputError(
+                "Text must be valid Unicode without NUL characters.",
+                details={"reason": "unstorable_text"},
+            )
+    if type(orig).__name__ == "DataError" and "NUL" in str(orig):
+        # psycopg refuses NUL bytes itself, before the server sees them (no SQLSTATE).
+        return InvalidInputError(
+            "Text must be valid Unicode without NUL characters.",
+            details={"reason": "unstorable_text"},
+        )
     # Without an SQLSTATE, psycopg's OperationalError / InterfaceError is a client-side
     # connection failure (refused, timed out, closed under us).
     if operational or type(orig).__name__ in ("OperationalError", "InterfaceError"):
