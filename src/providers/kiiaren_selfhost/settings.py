@@ -67,6 +67,13 @@ class SelfHostSettings(ProviderSettings):
     # --- email ------------------------------------------------------------------------------
     public_url: str = "http://127.0.0.1:8000"
     """Base URL used in links sent by email and in OAuth redirect URIs."""
+    email_verification_link: str = "{public_url}/verify-email?token={token}"
+    """Link emailed to confirm an address: a page of *your application* that posts the token
+    to ``POST /v1/auth/verify-email`` (``auth.verify_email``). ``{public_url}`` and ``{token}``
+    are filled in."""
+    password_reset_link: str = "{public_url}/reset-password?token={token}"
+    """Link emailed for a password reset: an application page that asks for the new password
+    and posts both to ``POST /v1/auth/password-reset`` (``auth.reset_password``)."""
     mailer: Literal["log", "smtp"] = "log"
     mail_from: str = "KIIAREN <no-reply@localhost>"
     smtp_host: str = "127.0.0.1"
@@ -136,6 +143,17 @@ class SelfHostSettings(ProviderSettings):
     @classmethod
     def _rate(cls, value: str) -> str:
         return _check_rate(value)
+
+    @field_validator("email_verification_link", "password_reset_link")
+    @classmethod
+    def _link_template(cls, value: str) -> str:
+        if "{token}" not in value:
+            raise ValueError("must contain {token}")
+        try:
+            value.format(public_url="", token="")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("may only use {public_url} and {token}") from None
+        return value
 
     @field_validator("jwt_secret")
     @classmethod

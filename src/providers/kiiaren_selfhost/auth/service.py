@@ -525,8 +525,9 @@ class SelfHostAuth:
         )
         return token
 
-    def _link(self, path: str, token: str) -> str:
-        return f"{self._rt.settings.public_url.rstrip('/')}{path}?token={token}"
+    def _link(self, template: str, token: str) -> str:
+        """Fill an emailed-link template (see the ``*_link`` settings)."""
+        return template.format(public_url=self._rt.settings.public_url.rstrip("/"), token=token)
 
     async def request_email_verification(self) -> None:
         """Email the signed-in user a single-use verification link."""
@@ -549,7 +550,7 @@ class SelfHostAuth:
                 self._rt.settings.email_token_ttl_seconds,
             )
         await self._rt.mailer.send(
-            verification_email(email, self._link("/v1/auth/verify-email", token))
+            verification_email(email, self._link(self._rt.settings.email_verification_link, token))
         )
 
     async def _consume(self, conn: AsyncConnection, token: str, purpose: str) -> tuple[str, str]:
@@ -615,7 +616,7 @@ class SelfHostAuth:
                 self._rt.settings.password_reset_ttl_seconds,
             )
         await self._rt.mailer.send(
-            password_reset_email(address, self._link("/v1/auth/reset-password", token))
+            password_reset_email(address, self._link(self._rt.settings.password_reset_link, token))
         )
 
     async def reset_password(self, token: str, new_password: str) -> None:
