@@ -49,6 +49,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"  skipped: {nodeid}")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave ``slow`` tests out unless a ``-m`` expression names them (``-m slow``).
+
+    Deselected rather than skipped: a skipped PostgreSQL test fails a CI run that requires
+    PostgreSQL (``KIIAREN_REQUIRE_POSTGRES``).
+    """
+    if "slow" in (config.getoption("markexpr", "") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> str:
     """The admin URL of the test PostgreSQL, or skip (fail in CI) when none is configured."""

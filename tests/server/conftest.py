@@ -61,20 +61,6 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Leave ``slow`` tests out unless a ``-m`` expression names them (``-m slow``).
-
-    Deselected rather than skipped: a skipped PostgreSQL test fails a CI run that requires
-    PostgreSQL (``KIIAREN_REQUIRE_POSTGRES``).
-    """
-    if "slow" in (config.getoption("markexpr", "") or ""):
-        return
-    slow = [item for item in items if item.get_closest_marker("slow") is not None]
-    if slow:
-        config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
-
-
 class Outbox:
     """A mailer keeping messages in memory (the log mailer would log the secret links)."""
 
