@@ -34,6 +34,8 @@ class ServerSettings(BaseSettings):
             the local-storage endpoint use the provider's upload limit instead).
         cors_origins: origins browsers may call the API from (none by default: no CORS).
         ws_allowed_origins: origins browsers may open the events WebSocket from.
+        ws_*: limits and timings of the events socket (see ``ws.WebSocketConfig``; unset
+            means its default).
         trusted_proxies: addresses or networks of reverse proxies whose
             ``X-Forwarded-For`` is believed (none by default: the socket's peer is the client).
         idempotency_ttl_seconds: how long an ``Idempotency-Key`` answer is kept for replay.
@@ -50,6 +52,19 @@ class ServerSettings(BaseSettings):
     body_limit_bytes: int = Field(default=MIB, ge=1024)
     cors_origins: tuple[str, ...] = ()
     ws_allowed_origins: tuple[str, ...] = ()
+    # Events socket tuning; None keeps the default documented in ws.WebSocketConfig, which
+    # also validates the ranges when the app starts.
+    ws_heartbeat_interval_seconds: float | None = None
+    ws_heartbeat_timeout_seconds: float | None = None
+    ws_auth_timeout_seconds: float | None = None
+    ws_max_frame_bytes: int | None = None
+    ws_send_queue_size: int | None = None
+    ws_send_timeout_seconds: float | None = None
+    ws_close_timeout_seconds: float | None = None
+    ws_session_recheck_seconds: float | None = None
+    ws_max_subscriptions: int | None = None
+    ws_max_malformed_frames: int | None = None
+    ws_ephemeral_frames_per_second: float | None = None
     trusted_proxies: tuple[str, ...] = ()
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -97,3 +97,14 @@ def test_server_frames_serialise_as_documented() -> None:
     }
     text = event_frame_prefix('id "quoted"') + '{"seq": 1}' + "}"
     assert json.loads(text) == {"type": "event", "subscription": 'id "quoted"', "event": {"seq": 1}}
+
+
+def test_ws_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from selfhost_server.settings import ServerSettings
+    from selfhost_server.ws import WebSocketConfig
+
+    monkeypatch.setenv("KIIAREN_SERVER_WS_MAX_SUBSCRIPTIONS", "5")
+    monkeypatch.setenv("KIIAREN_SERVER_WS_AUTH_TIMEOUT_SECONDS", "2.5")
+    config = WebSocketConfig.from_settings(ServerSettings())
+    assert (config.max_subscriptions, config.auth_timeout_seconds) == (5, 2.5)
+    assert config.max_frame_bytes == WebSocketConfig().max_frame_bytes, "unset keeps the default"
