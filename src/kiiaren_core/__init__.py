@@ -14,9 +14,11 @@ This package imports no I/O library; providers live in their own packages.
 from kiiaren_core import errors, events, models
 from kiiaren_core._registry import (
     ENTRY_POINT_GROUP,
+    EXTENSIONS_GROUP,
     available_providers,
     create_provider,
     get_provider_factory,
+    load_extension_hooks,
     open_provider,
     register_provider,
     unregister_provider,
@@ -54,6 +56,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "EXTENSIONS_GROUP",
     "UNSET",
     "AppEvent",
     "AuthProvider",
@@ -94,6 +97,7 @@ __all__ = [
     "errors",
     "events",
     "get_provider_factory",
+    "load_extension_hooks",
     "load_settings",
     "models",
     "open_provider",

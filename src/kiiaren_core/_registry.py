@@ -14,22 +14,31 @@ from contextlib import asynccontextmanager
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final
 
-from kiiaren_core.errors import ProviderNotFoundError, ProviderUnavailableError
+from kiiaren_core.errors import (
+    ConfigurationError,
+    ProviderNotFoundError,
+    ProviderUnavailableError,
+)
+from kiiaren_core.extensions.hooks import ExtensionHooks
 from kiiaren_core.protocols import BackendProvider
 from kiiaren_core.settings import KiiarenSettings, load_settings
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "EXTENSIONS_GROUP",
     "ProviderFactory",
     "available_providers",
     "create_provider",
     "get_provider_factory",
+    "load_extension_hooks",
     "open_provider",
     "register_provider",
     "unregister_provider",
 ]
 
 ENTRY_POINT_GROUP: Final = "kiiaren.providers"
+EXTENSIONS_GROUP: Final = "kiiaren.extensions"
+"""Entry points naming a zero-argument factory that returns an :class:`ExtensionHooks`."""
 ProviderFactory = Callable[..., BackendProvider]
 _ALIASES: Final = {"self-host": "selfhost", "self_host": "selfhost"}
 
@@ -134,3 +143,37 @@ async def open_provider(name: str | None = None, **options: Any) -> AsyncIterato
         yield provider
     finally:
         await provider.aclose()
+
+
+def load_extension_hooks(name: str, *, variable: str = "extensions") -> ExtensionHooks:
+    """The hooks a ``kiiaren.extensions`` entry point's factory builds (e.g. a real audit sink).
+
+    Plugging hooks in never changes what a provider's ``FeatureGate`` reports: that is decided
+    by the deployment, not by configuration.
+
+    Raises:
+        ConfigurationError: no such entry point (the message lists the installed ones and
+            ``details["variable"]`` names the setting), it cannot be imported, or its factory
+            does not return an ``ExtensionHooks``.
+    """
+    installed = {ep.name: ep for ep in entry_points(group=EXTENSIONS_GROUP)}
+    entry_point = installed.get(name)
+    if entry_point is None:
+        listed = ", ".join(sorted(installed)) or "none installed"
+        raise ConfigurationError(
+            f"No KIIAREN extension named {name!r} (entry point group {EXTENSIONS_GROUP!r}; "
+            f"available: {listed}).",
+            details={"variable": variable},
+        )
+    try:
+        hooks = entry_point.load()()
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(
+            f"The extension {name!r} could not be loaded ({exc}).", details={"variable": variable}
+        ) from exc
+    if not isinstance(hooks, ExtensionHooks):
+        raise ConfigurationError(
+            f"The extension {name!r} did not return an ExtensionHooks.",
+            details={"variable": variable},
+        )
+    return hooks

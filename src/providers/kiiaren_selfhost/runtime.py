@@ -18,6 +18,7 @@ import anyio
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from kiiaren_core import load_extension_hooks
 from kiiaren_core.capabilities import Capabilities, Limits
 from kiiaren_core.errors import ProviderClosedError
 from kiiaren_core.events import EventEnvelope, parse_event
@@ -65,6 +66,10 @@ class Runtime:
             pool_size=settings.pool_size,
             timeout=settings.db_timeout_seconds,
         )
+        if hooks is None and settings.extensions:
+            hooks = load_extension_hooks(
+                settings.extensions, variable="KIIAREN_SELFHOST_EXTENSIONS"
+            )
         self.hooks = hooks or create_oss_stubs()
         self.features = FeatureGate.self_hosted()
         self.mailer = mailer or create_mailer(settings)

@@ -126,6 +126,11 @@ class SelfHostSettings(ProviderSettings):
     presence_away_seconds: int = Field(default=300, ge=5)
     presence_offline_seconds: int = Field(default=60, ge=1)
 
+    # --- extensions ---------------------------------------------------------------------------
+    extensions: str | None = None
+    """Name of a ``kiiaren.extensions`` entry point whose hooks replace the OSS stubs (a real
+    audit sink or search index); unset: the stubs. Managed features stay unavailable."""
+
     # --- domain verification ----------------------------------------------------------------
     dns_nameservers: tuple[str, ...] = ()
     """Resolvers for TXT lookups (``"127.0.0.1:5353"`` form allowed). Empty: the system's."""
