@@ -21,7 +21,6 @@ never logged (``SessionTokens`` hides them from ``repr``).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 import uuid
@@ -33,8 +32,8 @@ from typing import Any, Protocol, cast, runtime_checkable
 import httpx
 
 from kiiaren_core.errors import NotAuthenticatedError, NotFoundError, ProviderClosedError
+from kiiaren_core.listeners import AuthStateListeners
 from kiiaren_core.models import (
-    AuthState,
     OAuthStart,
     Session,
     SessionInfo,
@@ -91,7 +90,7 @@ class SessionState:
     tokens: SessionTokens | None = None
     session: Session | None = None
     user_agent: str | None = None
-    listeners: list[AuthStateCallback] = field(default_factory=list)
+    listeners: AuthStateListeners = field(default_factory=AuthStateListeners)
     refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
 
@@ -99,25 +98,12 @@ class SessionState:
         return f"SessionState(signed_in={self.tokens is not None}, closed={self.closed})"
 
     def subscribe(self, callback: AuthStateCallback) -> Unsubscribe:
-        """Add a listener; the returned function removes it (calling it twice is harmless)."""
-        self.listeners.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self.listeners:
-                self.listeners.remove(callback)
-
-        return unsubscribe
+        """Add an auth-state listener (see :class:`AuthStateListeners`)."""
+        return self.listeners.subscribe(callback)
 
     async def notify(self, event: str, session: Session | None) -> None:
-        """Tell every listener; a failing listener is logged and does not stop the others."""
-        state = AuthState(event=event, session=session)  # type: ignore[arg-type]
-        for callback in list(self.listeners):
-            try:
-                result = callback(state)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception("auth state listener failed")
+        """Tell the listeners about ``event``."""
+        await self.listeners.notify(event, session)
 
     async def bind(self, grant: SessionGrant, event: str) -> Session:
         """Keep a new session's tokens, save them, then announce ``event``."""

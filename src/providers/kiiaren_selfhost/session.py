@@ -10,7 +10,6 @@ the very next call of every process.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kiiaren_core.errors import NotAuthenticatedError
-from kiiaren_core.models import AuthState, ClientContext, Session, SessionTokens
+from kiiaren_core.listeners import AuthStateListeners
+from kiiaren_core.models import ClientContext, Session, SessionTokens
 from kiiaren_core.protocols import AuthStateCallback, Unsubscribe
 from kiiaren_selfhost.auth.tokens import AccessClaims, TokenService
 from kiiaren_selfhost.clock import utcnow
@@ -52,7 +52,7 @@ class SessionState:
 
     tokens: SessionTokens | None = None
     context: ClientContext = field(default_factory=ClientContext)
-    listeners: list[AuthStateCallback] = field(default_factory=list)
+    listeners: AuthStateListeners = field(default_factory=AuthStateListeners)
     refresh_lock: anyio.Lock = field(default_factory=anyio.Lock)
     closed: bool = False
 
@@ -61,25 +61,12 @@ class SessionState:
         return f"SessionState(signed_in={signed_in}, closed={self.closed})"
 
     def subscribe(self, callback: AuthStateCallback) -> Unsubscribe:
-        """Register an auth-state listener; the returned function removes it (idempotent)."""
-        self.listeners.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self.listeners:
-                self.listeners.remove(callback)
-
-        return unsubscribe
+        """Add an auth-state listener (see :class:`AuthStateListeners`)."""
+        return self.listeners.subscribe(callback)
 
     async def notify(self, event: str, session: Session | None) -> None:
-        """Tell every listener; a failing listener is logged and does not stop the others."""
-        state = AuthState(event=event, session=session)  # type: ignore[arg-type]
-        for callback in list(self.listeners):
-            try:
-                result = callback(state)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception("auth state listener failed")
+        """Tell the listeners about ``event``."""
+        await self.listeners.notify(event, session)
 
     async def drop(self, event: str) -> None:
         """Forget the credentials (signed out or revoked) and tell the listeners once."""

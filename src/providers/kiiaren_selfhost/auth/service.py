@@ -14,6 +14,7 @@ Security decisions (see QUALITY.md, "Authentication and sessions"):
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import uuid
@@ -23,7 +24,12 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kiiaren_core.errors import InvalidInputError, NotAuthenticatedError, NotFoundError
+from kiiaren_core.errors import (
+    InvalidInputError,
+    NotAuthenticatedError,
+    NotFoundError,
+    ProviderClosedError,
+)
 from kiiaren_core.models import (
     OAuthStart,
     Session,
@@ -76,8 +82,6 @@ class SelfHostAuth:
     def _check_open(self) -> None:
         self._rt.check_open()
         if self._state.closed:
-            from kiiaren_core.errors import ProviderClosedError
-
             raise ProviderClosedError("This provider view has been closed.")
 
     async def ready(self) -> None:
@@ -90,8 +94,6 @@ class SelfHostAuth:
     def _successor(self, refresh_token: str) -> str:
         """The deterministic successor of a refresh token (see the module docstring)."""
         digest = hmac.new(self._rt.refresh_key, refresh_token.encode(), hashlib.sha256).digest()
-        import base64
-
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     async def claims(self) -> AccessClaims:

@@ -167,6 +167,13 @@ def _unavailable(cause: BaseException) -> BackendUnavailableError:
 _PG_UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
 
 
+def _unstorable_text() -> InvalidInputError:
+    return InvalidInputError(
+        "Text must be valid Unicode without NUL characters.",
+        details={"reason": "unstorable_text"},
+    )
+
+
 def _from_postgres(orig: BaseException, *, operational: bool) -> KiiarenError | None:
     sqlstate = getattr(orig, "sqlstate", None)
     if isinstance(sqlstate, str):
@@ -178,16 +185,10 @@ def _from_postgres(orig: BaseException, *, operational: bool) -> KiiarenError | 
         if sqlstate[:2] in _PG_UNAVAILABLE_CLASSES or sqlstate in _PG_UNAVAILABLE_STATES:
             return _unavailable(orig)
         if sqlstate in _PG_UNSTORABLE_TEXT:
-            return InvalidInputError(
-                "Text must be valid Unicode without NUL characters.",
-                details={"reason": "unstorable_text"},
-            )
+            return _unstorable_text()
     if type(orig).__name__ == "DataError" and "NUL" in str(orig):
         # psycopg refuses NUL bytes itself, before the server sees them (no SQLSTATE).
-        return InvalidInputError(
-            "Text must be valid Unicode without NUL characters.",
-            details={"reason": "unstorable_text"},
-        )
+        return _unstorable_text()
     # Without an SQLSTATE, psycopg's OperationalError / InterfaceError is a client-side
     # connection failure (refused, timed out, closed under us).
     if operational or type(orig).__name__ in ("OperationalError", "InterfaceError"):

@@ -43,7 +43,6 @@ from kiiaren_selfhost.events.broker import (
 from kiiaren_selfhost.session import Principal
 
 if TYPE_CHECKING:
-    from kiiaren_selfhost.auth.service import SelfHostAuth
     from kiiaren_selfhost.runtime import Runtime
 
 __all__ = ["SelfHostEventStream", "SelfHostEvents"]
@@ -276,9 +275,6 @@ class SelfHostEventStream:
 
 class SelfHostEvents(Store):
     """``provider.events`` of one self-host view."""
-
-    def __init__(self, runtime: Runtime, auth: SelfHostAuth) -> None:
-        super().__init__(runtime, auth)
 
     @property
     def runtime(self) -> Runtime:
