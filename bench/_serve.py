@@ -179,10 +179,7 @@ def wait_until_ready(
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"{' '.join(map(str, process.args))!r} exited with {process.returncode}:\n"
-                + _tail(log)
-            )
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n" + _tail(log))
         conn = http.client.HTTPConnection(parsed.host, parsed.port, timeout=2)
         try:
             conn.request("GET", path)
