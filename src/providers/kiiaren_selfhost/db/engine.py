@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from kiiaren_core.errors import BackendUnavailableError, ConfigurationError, ProviderClosedError
+from kiiaren_selfhost.db._sqlite_driver import one_hop_dbapi
 from kiiaren_selfhost.db.errors import translate_db_errors
 
 __all__ = [
@@ -153,11 +154,13 @@ def _create_engine(
         )
 
     memory = is_memory_url(parsed)
+    # One thread hop per statement instead of SQLAlchemy's four (see _sqlite_driver).
+    module = one_hop_dbapi()
     if memory:
-        engine = create_async_engine(parsed, poolclass=StaticPool)
+        engine = create_async_engine(parsed, poolclass=StaticPool, module=module)
     else:
         engine = create_async_engine(
-            parsed, pool_size=pool_size, max_overflow=0, pool_timeout=timeout
+            parsed, pool_size=pool_size, max_overflow=0, pool_timeout=timeout, module=module
         )
     _install_sqlite_listeners(
         engine, busy_timeout_ms=int(timeout * 1000), wal=not memory, foreign_keys=foreign_keys
