@@ -495,15 +495,21 @@ async def bare_broadcast() -> AsyncIterator[Bare]:
 
 
 class Table:
-    """Rows of figures, printed as they come and kept for the summary."""
+    """Rows of figures, printed as they come; the measurements, ratios and goal verdicts
+    are kept (``measurements``, ``ratios``, ``goals``) for the summary and for tests."""
 
     def __init__(self) -> None:
         self.goals: list[str] = []
+        self.measurements: list[tuple[str, Measurement]] = []
+        self.ratios: dict[str, float] = {}
+        self._section = ""
 
     def section(self, title: str) -> None:
+        self._section = title.split(".", 1)[0]
         print(f"\n {title}", flush=True)
 
     def latency(self, label: str, m: Measurement) -> None:
+        self.measurements.append((f"{self._section}: {label}", m))
         print(
             f"  {label:<52} p50 {m.p50:8.2f} ms  p99 {m.p99:8.2f} ms"
             f"  ({m.events} events x {m.subscribers}, frame {m.frame_bytes} B)",
@@ -512,6 +518,7 @@ class Table:
 
     def ratio(self, label: str, value: float, goal: float | None = None, unit: str = "x") -> None:
         verdict = ""
+        self.ratios[f"{self._section}: {label}"] = value
         if goal is not None:
             verdict = f"  goal <= {goal:g}{unit}: " + ("met" if value <= goal else "MISSED")
             self.goals.append(f"{label}: {value:.2f}{unit}{verdict}")
