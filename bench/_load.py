@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, cast
 
-__all__ = ["LoadError", "LoadResult", "LoadSpec", "run_load"]
+__all__ = ["LoadError", "LoadResult", "LoadSpec", "process_cpu_seconds", "run_load"]
 
 ClientKind = Literal["raw", "httpx"]
 MAX_HEADER_BYTES = 64 * 1024
@@ -53,6 +54,8 @@ class LoadSpec:
     warmup: float = 1.0
     idempotency: bool = False
     client: ClientKind = "raw"
+    server_pid: int | None = None
+    """A server process (on this machine) whose CPU time over the timed window is reported."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +67,25 @@ class LoadResult:
     p50: float
     p99: float
     connections: int
+    server_cpu: float | None = None
+    """CPU seconds the ``server_pid`` process used in the timed window (``None``: not asked)."""
+    client_cpu: float = 0.0
+    """CPU seconds the load generator itself used in the timed window."""
 
     @property
     def rate(self) -> float:
         """Requests per second."""
         return self.requests / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def server_cpu_per_request(self) -> float | None:
+        """Server CPU seconds per request in the timed window."""
+        return None if self.server_cpu is None else self.server_cpu / max(self.requests, 1)
+
+    @property
+    def client_cpu_per_request(self) -> float:
+        """Load-generator CPU seconds per request (shows when the client is the limit)."""
+        return self.client_cpu / max(self.requests, 1)
 
 
 class LoadError(RuntimeError):
@@ -183,6 +200,18 @@ def _request_bytes(spec: LoadSpec, host: str, extra: Mapping[str, str]) -> bytes
     return "\r\n".join(lines).encode() + body
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from ``/proc``."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _own_headers(spec: LoadSpec, index: int) -> dict[str, str]:
     if not spec.connection_headers:
         return {}
@@ -254,8 +283,21 @@ async def _drive(spec: LoadSpec) -> LoadResult:
                     mine.append(after - before)
                     last_end[index] = after
 
+    cpu_at_start: list[float] = []
+
+    async def sample_at_start() -> None:
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        server = process_cpu_seconds(spec.server_pid) if spec.server_pid else 0.0
+        cpu_at_start.extend([server, _own_cpu()])
+
     worker = raw_worker if spec.client == "raw" else httpx_worker
+    sampler = asyncio.ensure_future(sample_at_start())
     await asyncio.gather(*(worker(index) for index in range(spec.connections)))
+    await sampler
+    server_cpu = (
+        process_cpu_seconds(spec.server_pid) - cpu_at_start[0] if spec.server_pid else None
+    )
+    client_cpu = _own_cpu() - cpu_at_start[1]
     merged = sorted(value for values in latencies for value in values)
     if not merged:
         raise _FailedError("no request completed in the timed window")
@@ -265,6 +307,8 @@ async def _drive(spec: LoadSpec) -> LoadResult:
         p50=merged[len(merged) // 2],
         p99=merged[min(len(merged) - 1, int(0.99 * len(merged)))],
         connections=spec.connections,
+        server_cpu=server_cpu,
+        client_cpu=client_cpu,
     )
 
 

@@ -256,7 +256,8 @@ def kiiaren_server(
 ) -> Iterator[ServerProcess]:
     """The bundled server in a subprocess, ready (``GET /ready`` answered 200).
 
-    Migrates the database first (``python -m selfhost_server migrate``), then runs
+    Migrates a PostgreSQL database first (``python -m selfhost_server migrate``; SQLite
+    migrates on start), then runs
     ``python -m selfhost_server serve --host 127.0.0.1 --port P [--workers N]``. Its output
     goes to ``files_dir/../server-P.log`` (quoted in the error if it fails to start). On exit
     the server gets SIGTERM (graceful stop), then SIGKILL after :data:`STOP_TIMEOUT`.
@@ -268,15 +269,17 @@ def kiiaren_server(
     files_dir.mkdir(parents=True, exist_ok=True)
     env = server_env(database_url, files_dir, port, extra_env)
     log = files_dir.parent / f"server-{port}.log"
-    migrated = subprocess.run(
-        [sys.executable, "-m", "selfhost_server", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if migrated.returncode != 0:
-        raise RuntimeError(f"migration failed ({migrated.returncode}):\n{migrated.stderr}")
+    if not database_url.startswith("sqlite"):
+        # PostgreSQL deployments migrate as a step of their own; SQLite migrates on start.
+        migrated = subprocess.run(
+            [sys.executable, "-m", "selfhost_server", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if migrated.returncode != 0:
+            raise RuntimeError(f"migration failed ({migrated.returncode}):\n{migrated.stderr}")
     command = [sys.executable, "-m", "selfhost_server", "serve"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     if workers != 1:

@@ -91,11 +91,32 @@ class Figure:
     rate: float
     p50: float
     p99: float
+    server_cpu: float | None = None
+    """Server process CPU seconds per request (``None``: no server process)."""
+    client_cpu: float | None = None
+    """Load generator CPU seconds per request."""
+
+    @classmethod
+    def of(cls, database: DatabaseKind, target: str, result: LoadResult) -> Figure:
+        return cls(
+            database,
+            target,
+            result.connections,
+            result.rate,
+            result.p50,
+            result.p99,
+            result.server_cpu_per_request,
+            result.client_cpu_per_request if result.client_cpu else None,
+        )
 
     def line(self) -> str:
+        def ms(value: float | None) -> str:
+            return f"{value * 1e3:>9.3f}" if value is not None else f"{'-':>9}"
+
         return (
             f"  {self.target:<42} {self.clients:>7} {self.rate:>9.0f}"
-            f" {self.p50 * 1e3:>9.2f} {self.p99 * 1e3:>9.2f}"
+            f" {self.p50 * 1e3:>9.2f} {self.p99 * 1e3:>9.2f} {ms(self.server_cpu)}"
+            f" {ms(self.client_cpu)}"
         )
 
 
@@ -362,14 +383,16 @@ def _run_kind(
     client: ClientKind = args.client
 
     def load(target: str, count: int, spec: LoadSpec) -> None:
-        result = run_load(spec)
-        figure = Figure(kind, target, count, result.rate, result.p50, result.p99)
+        figure = Figure.of(kind, target, run_load(spec))
         figures.append(figure)
         print(figure.line(), flush=True)
 
-    def spec(server: str, path: str, body: str, count: int, **options: Any) -> LoadSpec:
+    def spec(
+        server: ServerProcess | PocketBase, path: str, body: str, count: int, **options: Any
+    ) -> LoadSpec:
         return LoadSpec(
-            url=server,
+            url=server.url,
+            server_pid=server.process.pid,
             path=path,
             body=body,
             connections=count,
@@ -395,7 +418,7 @@ def _run_kind(
         bearer = [{"Authorization": f"Bearer {token}"} for token in setup.tokens]
         print(_header(kind, args, peer), flush=True)
         for count in clients:
-            load(BARE, count, spec(baseline.url, "/echo", ours_body, count))
+            load(BARE, count, spec(baseline, "/echo", ours_body, count))
             raw = anyio.run(
                 _raw_insert_rate,
                 url,
@@ -404,18 +427,16 @@ def _run_kind(
                 args.seconds,
                 args.warmup,
             )
-            figure = Figure(kind, RAW_INSERT, count, raw.rate, raw.p50, raw.p99)
+            figure = Figure.of(kind, RAW_INSERT, raw)
             figures.append(figure)
             print(figure.line(), flush=True)
-            load(RAW_HTTP, count, spec(baseline.url, "/insert", ours_body, count))
-            load(
-                OURS, count, spec(ours.url, ours_path, ours_body, count, connection_headers=bearer)
-            )
+            load(RAW_HTTP, count, spec(baseline, "/insert", ours_body, count))
+            load(OURS, count, spec(ours, ours_path, ours_body, count, connection_headers=bearer))
             load(
                 OURS_KEY,
                 count,
                 spec(
-                    ours.url,
+                    ours,
                     ours_path,
                     ours_body,
                     count,
@@ -429,7 +450,7 @@ def _run_kind(
                     f"{POCKETBASE} ({peer.version.removeprefix('pocketbase version ')})",
                     count,
                     spec(
-                        peer.url,
+                        peer,
                         peer.records_path,
                         pb_body,
                         count,
@@ -481,8 +502,11 @@ def _header(kind: DatabaseKind, args: argparse.Namespace, peer: PocketBase | Non
         "not absolute figures; other work on the machine skews them.",
         "  our server: 1 process, log level warning (no access log); each client is a "
         "different member" + ("" if peer is None else "; PocketBase: one signed-in user"),
+        "  (CPU: milliseconds of CPU per request used by the server process and by the load "
+        "generator in the timed window; the database server's own CPU is not counted)",
         "",
-        f"  {'target':<42} {'clients':>7} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}",
+        f"  {'target':<42} {'clients':>7} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}"
+        f" {'srv CPU':>9} {'load CPU':>9}",
     ]
     return "\n".join(lines)
 
