@@ -8,10 +8,16 @@ one ``with_session`` view per socket, and one ``events.stream`` per subscription
 A socket is served by a handful of tasks that share nothing with other sockets:
 
 * the *reader* authenticates, then handles client frames one at a time, in order;
-* one *pump* per subscription forwards the stream's items into the socket's send queue;
-* the *writer* drains that bounded queue into the socket.
+* one *pump* per subscription forwards the stream's items to the socket;
+* a *writer*, started only while frames are queued, drains the bounded send queue.
 
-Back-pressure runs writer -> queue -> pumps -> provider streams, so a replay of any length
+A frame is written by whoever produces it when nothing is queued before it (no task
+hand-over); only a write the transport cannot take at once (a client reading slowly) leaves
+frames in the queue. A live event of a stream that offers a sink (the self-host provider's)
+does not even wake the pump: the provider's fan-out writes it to the socket itself, and the
+event JSON is serialised once per event for every socket (:class:`ConnectionRegistry`).
+
+Back-pressure runs socket -> queue -> pumps -> provider streams, so a replay of any length
 never overflows anything, and a client that stops reading holds only bounded memory: when one
 frame cannot be written for ``send_timeout_seconds`` the socket is cut with 4408 (slow
 consumer), and no other socket ever waits for it. A provider stream that falls behind because
@@ -37,7 +43,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -362,8 +368,9 @@ class _Connection:
     _bucket: _TokenBucket = field(init=False)
     _reader: asyncio.Task[None] | None = field(default=None, init=False)
     _writer: asyncio.Task[None] | None = field(default=None, init=False)
+    _writer_busy: bool = field(default=False, init=False)
+    _inflight: asyncio.Task[None] | None = field(default=None, init=False)
     _send_started: float | None = field(default=None, init=False)
-    _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _watchdog: asyncio.TimerHandle | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -404,7 +411,6 @@ class _Connection:
                     ),
                     None,
                 )
-                self._writer = self._spawn(self._write_loop(), "writer")
                 self._reader = self._spawn(self._read_loop(token), "reader")
             await self._done.wait()
         finally:
@@ -429,7 +435,9 @@ class _Connection:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        tasks = [t for t in (self._reader, self._writer, *self._pumps) if t is not None]
+        tasks = [
+            t for t in (self._reader, self._writer, self._inflight, *self._pumps) if t is not None
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -460,31 +468,71 @@ class _Connection:
 
     # --- writing ----------------------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
-        queue = self._queue
-        while True:
-            text = await queue.get()
-            async with self._send_lock:
-                await self._write(text)
+    # Frames go out in the order they are offered. A frame offered while nothing is waiting
+    # or being written is written at once by the caller (no hand-over to another task); a
+    # write that cannot finish at once (the transport is paused: the client reads slowly)
+    # continues in an *in-flight* task, and frames offered meanwhile wait in the bounded
+    # queue, which a writer task (started on demand) drains behind it.
 
-    async def _write(self, text: str) -> None:
-        """Write one frame (holding ``_send_lock``)."""
-        # Almost every send completes without waiting, so no timer per frame: a watchdog
-        # armed at most once per half send-timeout looks for a send that is stuck.
-        self._send_started = asyncio.get_running_loop().time()
-        if self._watchdog is None:
-            self._arm_watchdog()
-        await self.websocket.send_text(text)
+    def _can_write_now(self) -> bool:
+        return self._inflight is None and not self._writer_busy and self._queue.empty()
+
+    def _write_now(self, text: str) -> None:
+        """Start writing one frame; raises WebSocketDisconnect when the peer is gone."""
+        task = _start_eagerly(self.websocket.send({"type": "websocket.send", "text": text}))
+        if task is not None:
+            self._inflight = task
+            # Almost every write completes at once, so no timer per frame: a watchdog armed
+            # at most once per half send-timeout looks for a write that is stuck.
+            self._send_started = asyncio.get_running_loop().time()
+            if self._watchdog is None:
+                self._arm_watchdog()
+            task.add_done_callback(self._inflight_done)
+
+    def _inflight_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight = None
         self._send_started = None
+        if task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, WebSocketDisconnect):
+            self.close(None)
+        elif error is not None:
+            logger.error("events socket: a write failed", exc_info=error)
+            self.close(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _offer(self, text: str) -> bool:
+        """Write or queue a frame without waiting; False when the queue is full."""
+        if self._can_write_now():
+            self._write_now(text)
+            return True
+        try:
+            self._queue.put_nowait(text)
+        except asyncio.QueueFull:
+            return False
+        if self._writer is None:
+            self._writer = self._spawn(self._write_loop(), "writer")
+        return True
 
     async def _deliver(self, text: str) -> None:
-        """Send a subscription's frame: at once when nothing is queued or being written (no
-        hand-over to the writer task), else through the queue, which keeps the order."""
-        if self._queue.empty() and not self._send_lock.locked():
-            async with self._send_lock:
-                await self._write(text)
-        else:
-            await self._queue.put(text)
+        """Send a frame in order, waiting while the queue is full (back-pressure)."""
+        if not self._offer(text):
+            await self._queue.put(text)  # a full queue has a writer draining it
+
+    async def _write_loop(self) -> None:
+        """Drain the queue behind any in-flight write, then end (restarted on demand)."""
+        queue = self._queue
+        try:
+            while not queue.empty():
+                text = queue.get_nowait()
+                self._writer_busy = True  # holds a frame: nobody may overtake it
+                while self._inflight is not None:
+                    await asyncio.wait((self._inflight,))
+                self._write_now(text)
+                self._writer_busy = False
+        finally:
+            self._writer_busy = False
+            self._writer = None
 
     def _arm_watchdog(self) -> None:
         loop = asyncio.get_running_loop()
@@ -495,14 +543,14 @@ class _Connection:
         self._watchdog = None
         started = self._send_started
         if started is None or self._closing is not None:
-            return  # idle: disarmed until the next send
+            return  # idle: disarmed until the next stuck write
         if asyncio.get_running_loop().time() - started >= self.config.send_timeout_seconds:
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
         else:
             self._arm_watchdog()
 
     async def _send(self, frame: BaseModel) -> None:
-        await self._queue.put(frame.model_dump_json())
+        await self._deliver(frame.model_dump_json())
 
     async def _send_error(self, frame_id: str | None, error: KiiarenError) -> None:
         await self._send(ErrorFrame(id=frame_id, error=_public_error(error)))
@@ -795,9 +843,30 @@ class _Connection:
             await asyncio.gather(sub.task, return_exceptions=True)
             sub.task = None
 
+    def _sink(self, sub: _Subscription, prefix: str) -> Callable[[EventEnvelope], bool]:
+        """The fast path offered to a stream that supports it (see :class:`_SinkStream`):
+        the provider's fan-out writes a live event straight to this socket when nothing is
+        waiting before it, instead of waking the subscription's pump."""
+
+        def take(event: EventEnvelope) -> bool:
+            if self._closing is not None or self._subs.get(sub.id) is not sub:
+                return False
+            try:
+                taken = self._offer(prefix + self.registry.event_json(event) + "}")
+            except WebSocketDisconnect:
+                self.close(None)
+                return False
+            if taken and event.seq is not None:
+                sub.last_seq = event.seq
+            return taken
+
+        return take
+
     async def _pump(self, sub: _Subscription) -> None:
-        """Forward one stream into the send queue until it ends or is cancelled."""
+        """Forward one stream to the socket until it ends or is cancelled."""
         stream, prefix = sub.stream, event_frame_prefix(sub.id)
+        if isinstance(stream, _SinkStream):
+            stream.set_sink(self._sink(sub, prefix))
         try:
             while True:
                 item = await stream.__anext__()
@@ -879,6 +948,50 @@ class _Connection:
             },
         )
         await self._active_view().events.emit(event)
+
+
+@runtime_checkable
+class _SinkStream(Protocol):
+    """A stream with a synchronous fast path for live events (the self-host provider's).
+
+    ``set_sink(sink)``: while the consumer waits in ``__anext__`` with nothing queued, live
+    events go to ``sink(event) -> bool`` from the fan-out itself (True: taken and counted as
+    delivered; False: queued for ``__anext__`` as usual). Other streams are only iterated.
+    """
+
+    def set_sink(self, sink: Callable[[EventEnvelope], bool] | None) -> None: ...
+
+
+def _start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run ``coro`` in the caller up to its first suspension (what Python 3.12's eager
+    tasks do); None when it finished there, else the task that finishes it.
+
+    An ASGI send completes without suspending unless the transport is paused, so a frame
+    costs no task hand-over. Exceptions raised before the first suspension propagate.
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.get_running_loop().create_task(_finish(coro, yielded))
+
+
+async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    """Drive a coroutine that suspended on ``yielded`` the way a task would."""
+    while True:
+        if yielded is None:
+            await asyncio.sleep(0)  # a bare yield: give the loop one turn
+        else:
+            # The coroutine awaits this future; await it here on its behalf. Its outcome
+            # (including a cancellation of this task, which cancels it) reaches the
+            # coroutine when it resumes and reads the future's result.
+            yielded._asyncio_future_blocking = False
+            with contextlib.suppress(BaseException):
+                await yielded
+        try:
+            yielded = coro.send(None)
+        except StopIteration:
+            return
 
 
 def _public_error(error: KiiarenError) -> dict[str, Any]:

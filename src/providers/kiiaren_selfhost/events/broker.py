@@ -16,6 +16,11 @@ Design (QUALITY.md, "Realtime delivery"):
   Replays of any length therefore cost no memory in the broker.
 * Each live subscriber has a bounded queue. A subscriber that lets it fill up is cut off with
   reason ``slow_consumer`` (it can resume from its last seq); the others never wait for it.
+* A consumer that forwards events somewhere in order (the server's WebSocket) may arm a *sink*
+  while it waits with nothing queued: the fan-out then hands it each event synchronously
+  instead of queueing it and waking the consumer's task, which is most of a delivery's cost.
+  The sink takes the event or refuses it (then it is queued as usual), so order and the
+  bounded queue are unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -39,6 +44,11 @@ __all__ = ["Broker", "SubscriberState", "Subscription", "read_log", "stream_head
 logger = logging.getLogger("kiiaren.selfhost.events")
 
 PAGE_SIZE: Final = 500
+_MEMO_SIZE: Final = 64
+"""Event types whose pattern match a subscription remembers (types are few and fixed)."""
+
+Sink = Callable[[EventEnvelope], bool]
+"""Takes one live event synchronously: True when it took it, False to have it queued."""
 
 
 async def stream_head(db: Database, workspace_id: str) -> tuple[int, str | None]:
@@ -106,12 +116,25 @@ class Subscription:
     state: SubscriberState = SubscriberState.CATCHING_UP
     close_reason: str | None = None
     queue: asyncio.Queue[EventEnvelope | None] = field(init=False)
+    sink: Sink | None = None
+    """Armed by the consumer only while it waits with nothing queued (see the module doc)."""
+    _wanted: dict[str, bool] | None = None
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.queue_size)
 
     def wants(self, event: EventEnvelope) -> bool:
-        return matches_any(self.patterns, event.type)
+        # Matching splits both strings per pattern; a fan-out asks once per subscriber per
+        # event, so each subscription remembers the answer per type.
+        wanted = self._wanted
+        if wanted is None:
+            wanted = self._wanted = {}
+        hit = wanted.get(event.type)
+        if hit is None:
+            hit = matches_any(self.patterns, event.type)
+            if len(wanted) < _MEMO_SIZE:
+                wanted[event.type] = hit
+        return hit
 
     def close(self, reason: str) -> None:
         """Stop the subscription; the consumer sees ``reason`` after what it already has."""
@@ -124,7 +147,8 @@ class Subscription:
             self.queue.put_nowait(None)
 
     def push(self, event: EventEnvelope) -> None:
-        """Queue an event for a live subscriber, cutting it off when its queue is full."""
+        """Hand an event to a live subscriber: to its armed sink when nothing is queued (and
+        the sink takes it), else to its queue, cutting it off when that queue is full."""
         if self.state is not SubscriberState.LIVE:
             return
         if event.seq is not None:
@@ -133,6 +157,13 @@ class Subscription:
             self.cursor = event.seq
         if not self.wants(event):
             return
+        sink = self.sink
+        if sink is not None and self.queue.empty():
+            try:
+                if sink(event):
+                    return
+            except Exception:
+                logger.exception("event sink failed; the event is queued instead")
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
 
@@ -77,6 +77,7 @@ class SelfHostEventStream:
         self._last_check = 0.0
         self._session_id = ""
         self._last_seq: int | None = since
+        self._sink: Callable[[EventEnvelope], bool] | None = None
 
     @property
     def last_seq(self) -> int | None:
@@ -86,6 +87,27 @@ class SelfHostEventStream:
     @property
     def workspace_id(self) -> str:
         return self._workspace_id
+
+    def set_sink(self, sink: Callable[[EventEnvelope], bool] | None) -> None:
+        """Offer a synchronous fast path for live events (``None``: withdraw it).
+
+        While the consumer waits in ``__anext__`` with nothing queued, each live event
+        (durable or ephemeral) is passed to ``sink`` in the fan-out itself instead of waking
+        the consumer. ``sink`` returns True when it took the event (it then counts as
+        delivered: :attr:`last_seq` moves), False to have it queued and returned by
+        ``__anext__`` as usual. It must not block and must keep the order of what it takes
+        relative to what the consumer forwards; it runs in whichever task fans out. Replays,
+        ``NotRecovered`` and the end of the stream always come through ``__anext__``.
+        """
+        self._sink = sink
+
+    def _take(self, event: EventEnvelope) -> bool:
+        sink = self._sink
+        if sink is None or not sink(event):
+            return False
+        if event.seq is not None:
+            self._last_seq = event.seq
+        return True
 
     async def start(self) -> None:
         """Check access and position the stream (done by the first ``__anext__`` otherwise)."""
@@ -166,6 +188,9 @@ class SelfHostEventStream:
                 continue
             if sub.state is SubscriberState.CLOSED and sub.queue.empty():
                 self._finish(sub.close_reason)
+            # Everything returned so far has been forwarded (the consumer is back here), so
+            # the sink may take live events until one is queued or this wait ends.
+            sub.sink = self._take if self._sink is not None else None
             try:
                 # asyncio.timeout, not wait_for: wait_for makes a task per item (3.11).
                 async with asyncio.timeout(RECHECK_SECONDS):
@@ -173,6 +198,8 @@ class SelfHostEventStream:
             except TimeoutError:
                 await self._recheck(sub)
                 continue
+            finally:
+                sub.sink = None
             if item is None:
                 continue  # a close() wake-up: the state check above ends the stream
             await self._recheck_if_due(sub)
