@@ -8,11 +8,11 @@ other than 2xx, a dropped connection or a malformed answer stops the run: it pri
 ``{"error": ...}`` and exits 1. :func:`run_load` does all that from the benchmark process.
 
 Why a process of its own: a load generator sharing a process (and its GIL) with a server
-measures the two together. Why a raw asyncio client instead of httpx: on this kind of box
-httpx itself costs ~0.3 ms of CPU a request, which caps a bare uvicorn endpoint well below
-what it serves; this client costs a few microseconds (``--client httpx`` is kept to check
-that claim: compare the bare-uvicorn figures of both). Every target is measured with the
-same client code.
+measures the two together. Why a raw asyncio client instead of httpx: on a 2-vCPU box
+httpx itself costs 1.0-1.5 ms of CPU a request (measured against the bare uvicorn endpoint:
+~200 req/s where this client drives 2-5k), so it would measure itself; this client costs
+0.02-0.05 ms (``--client httpx`` is kept to check that claim: compare the bare-uvicorn
+figures and the "load CPU" column of both). Every target is measured with the same client.
 
 With ``idempotency`` set, each request carries a fresh ``Idempotency-Key``
 (``<run>-<connection>-<n>``), as the hosted client sends on every mutation.
