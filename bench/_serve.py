@@ -217,13 +217,19 @@ def spawn(
     command: list[str], env: Mapping[str, str], log: Path, *, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``command`` with stdout and stderr appended to ``log`` (a file, so a chatty
-    process can never block on a full pipe); stop it with :func:`stop_process` at the end."""
+    process can never block on a full pipe); stop it with :func:`stop_process` at the end.
+    An exception raised inside the block gets the end of the log as a note."""
     with open(log, "ab") as sink:
         process = subprocess.Popen(
             command, env=dict(env), stdout=sink, stderr=subprocess.STDOUT, cwd=cwd
         )
     try:
         yield process
+    except Exception as exc:
+        # Whatever failed inside the block (a 500, a refused request), the process's own
+        # log usually says why: attach its end to the error without changing its type.
+        exc.add_note(f"--- end of {log} ---\n{_tail(log, 25)}")
+        raise
     finally:
         stop_process(process)
 

@@ -458,6 +458,7 @@ def _run_kind(
                     ),
                 )
     _print_ratios(kind, figures)
+    print(f"  (machine at the end: {_machine()})")
     return figures
 
 
