@@ -96,6 +96,11 @@ async def read_log(
     ]
 
 
+def _contiguous(events: Sequence[EventEnvelope], after: int) -> bool:
+    """True if the events' seqs are ``after + 1, after + 2, ...`` (nothing missing)."""
+    return all(event.seq == after + n for n, event in enumerate(events, 1))
+
+
 class SubscriberState(enum.Enum):
     """Where a subscriber is in its life."""
 
@@ -245,11 +250,14 @@ class Broker:
             if channel is not None:
                 await self._advance(channel, batch)
 
-    async def wake(self, workspace_id: str, seq: int | None = None) -> None:
-        """Another process committed up to ``seq`` (unknown: ``None``): catch up from the log."""
+    async def wake(
+        self, workspace_id: str, seq: int | None = None, events: Sequence[EventEnvelope] = ()
+    ) -> None:
+        """Another process committed up to ``seq`` (unknown: ``None``): fan out ``events``
+        (what it committed, when known) if they follow the cursor, else catch up from the log."""
         channel = self._channels.get(workspace_id)
         if channel is not None and (seq is None or seq > channel.cursor):
-            await self._advance(channel, [])
+            await self._advance(channel, events)
 
     async def wake_all(self) -> None:
         """Catch every channel up from the log (after a lost LISTEN connection)."""
@@ -266,10 +274,13 @@ class Broker:
 
     async def _advance(self, channel: _Channel, hint: Sequence[EventEnvelope]) -> None:
         async with channel.lock:
-            durable = [event for event in hint if event.seq is not None]
-            if durable and durable[-1].seq is not None and durable[-1].seq <= channel.cursor:
+            # What the channel has fanned out already (a wake-up racing a local publish)
+            # is dropped, so a hint that overlaps the cursor still needs no log read.
+            known = [e.seq for e in hint if e.seq is not None]
+            durable = [e for e in hint if e.seq is not None and e.seq > channel.cursor]
+            if known and not durable:
                 return
-            if durable and durable[0].seq == channel.cursor + 1:
+            if durable and _contiguous(durable, channel.cursor):
                 batches = [durable]
             else:
                 batches = []

@@ -1,11 +1,17 @@
 """Cross-process wake-ups through PostgreSQL LISTEN/NOTIFY.
 
-After a commit, a process sends ``NOTIFY kiiaren_events, '{"w": <workspace>, "s": <seq>}'``
-(ephemeral events travel whole: ``{"e": <event json>}``). NOTIFY is sent *after* commit on a
-separate statement: inside the writing transaction it would take a cluster-wide lock through
-commit and collapse concurrent writers (QUALITY.md). A notification is only a wake-up: the
-receiving broker reads the event log, so a lost notification (or a lost LISTEN connection,
-re-established with backoff, followed by a full catch-up) loses nothing.
+After a commit, a process sends one ``NOTIFY kiiaren_events`` per workspace:
+``{"w": <workspace>, "s": <highest seq>, "d": [<event json>, ...]}``, the committed events
+themselves when they fit in a notification (PostgreSQL refuses 8000 bytes or more), else
+without ``"d"``. Ephemeral events travel whole: ``{"e": <event json>, "o": <origin>}``.
+NOTIFY is sent *after* commit on a separate statement: inside the writing transaction it would
+take a cluster-wide lock through commit and collapse concurrent writers (QUALITY.md).
+
+The receiving broker fans the carried events out at once when they follow what it has
+delivered (no read of the log: the round trip was most of the cross-process latency); after a
+gap, or for a notification without events, it reads the log. So a lost notification (or a
+lost LISTEN connection, re-established with backoff, followed by a full catch-up) still loses
+nothing: the next wake-up or the broker's poll reads what was missed.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, Final
 import psycopg
 from sqlalchemy.engine import make_url
 
-from kiiaren_core.events import EventEnvelope
+from kiiaren_core.events import EventEnvelope, parse_event
 
 __all__ = ["CHANNEL", "PgNotifier", "notification_payloads"]
 
@@ -31,26 +37,29 @@ _MAX_PAYLOAD: Final = 7_900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes 
 
 
 def notification_payloads(events: Sequence[EventEnvelope], origin: str) -> list[str]:
-    """One payload per workspace for durable events (its highest seq), one per ephemeral.
+    """One payload per workspace for durable events, one per ephemeral event.
 
+    A workspace's payload names its highest seq and carries its events when they fit.
     Ephemeral events carry ``origin`` (the sending process) so that process, which delivered
     them locally already, skips its own notification.
     """
-    highest: dict[str, int] = {}
+    durable: dict[str, list[EventEnvelope]] = {}
     payloads: list[str] = []
     for event in events:
         if event.seq is not None:
-            highest[event.workspace_id] = max(highest.get(event.workspace_id, 0), event.seq)
+            durable.setdefault(event.workspace_id, []).append(event)
         else:
             body = json.dumps(
                 {"e": event.model_dump(mode="json"), "o": origin}, separators=(",", ":")
             )
             if len(body.encode()) <= _MAX_PAYLOAD:
                 payloads.append(body)
-    payloads.extend(
-        json.dumps({"w": workspace, "s": seq}, separators=(",", ":"))
-        for workspace, seq in highest.items()
-    )
+    for workspace, batch in durable.items():
+        head = json.dumps(workspace) + ',"s":' + str(max(e.seq or 0 for e in batch))
+        body = '{"w":' + head + ',"d":[' + ",".join(e.model_dump_json() for e in batch) + "]}"
+        if len(body) > _MAX_PAYLOAD or len(body.encode()) > _MAX_PAYLOAD:
+            body = '{"w":' + head + "}"  # the receivers read the log instead
+        payloads.append(body)
     return payloads
 
 
@@ -65,7 +74,7 @@ class PgNotifier:
         self,
         database_url: str,
         *,
-        on_wake: Callable[[str, int | None], Awaitable[None]],
+        on_wake: Callable[[str, int | None, Sequence[EventEnvelope]], Awaitable[None]],
         on_ephemeral: Callable[[dict[str, Any]], Awaitable[None]],
         on_reconnect: Callable[[], Awaitable[None]],
     ) -> None:
@@ -141,7 +150,8 @@ class PgNotifier:
                 if message.get("o") != self._origin:
                     await self._on_ephemeral(message["e"])
             else:
-                await self._on_wake(str(message["w"]), int(message["s"]))
+                carried = [parse_event(data) for data in message.get("d", ())]
+                await self._on_wake(str(message["w"]), int(message["s"]), carried)
         except Exception:
             logger.exception("bad or failed notification")
 
