@@ -83,11 +83,14 @@ async def test_a_sink_takes_live_events_and_a_refusal_falls_back_in_order(
     async with owner.events.stream(workspace.id, types=["test.*"]) as stream:
         stream.set_sink(sink)  # type: ignore[attr-defined]
         received: list[EventEnvelope] = []
+        three = anyio.Event()
 
         async def consume() -> None:
             async for item in stream:
                 assert isinstance(item, EventEnvelope)
                 received.append(item)
+                if len(received) == 3:
+                    three.set()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(consume)
@@ -100,8 +103,7 @@ async def test_a_sink_takes_live_events_and_a_refusal_falls_back_in_order(
             for n in range(3, 6):
                 await owner.events.emit(tick(workspace, n))
             with anyio.fail_after(5):
-                while len(received) < 3:
-                    await anyio.sleep(0.01)
+                await three.wait()
             accepting = True
             await anyio.sleep(0.05)
             await owner.events.emit(tick(workspace, 6))
@@ -155,7 +157,8 @@ async def test_carried_events_fan_out_without_a_log_read_and_a_gap_reads_the_log
         assert reads == []
         missed = await other_process.events.emit(tick(workspace, 1))
         latest = await other_process.events.emit(tick(workspace, 2))
-        assert missed.seq is not None and latest.seq == missed.seq + 1
+        assert missed.seq is not None
+        assert latest.seq == missed.seq + 1
         await broker.wake(workspace.id, latest.seq, [latest])  # seq missed.seq never came
         assert reads != []
         await broker.wake(workspace.id, latest.seq, [latest])  # a duplicate: ignored
