@@ -214,7 +214,8 @@ class Database:
 
     Args:
         engine: An engine from :func:`create_engine` (the :class:`Database` disposes it).
-        timeout: Seconds an in-process SQLite writer waits for its turn.
+        timeout: Seconds an in-process SQLite writer waits for its turn; on PostgreSQL,
+            the deadline of a checkout; a transaction then has twice that (see :meth:`write`).
     """
 
     def __init__(self, engine: AsyncEngine, *, timeout: float = 10.0) -> None:
@@ -280,10 +281,16 @@ class Database:
         updates where it matters). SQLite: ``BEGIN IMMEDIATE``, so the whole transaction is
         serialisable. Savepoints (``conn.begin_nested()``) work on both.
 
+        On PostgreSQL a transaction (reads too) that has no connection ``timeout`` seconds
+        after it was asked for, or has not ended ``2 * timeout`` seconds after it got one, is
+        cancelled and raises :class:`BackendUnavailableError`; cancelled during ``COMMIT``,
+        its outcome is unknown, as when the connection is lost.
+
         Raises:
             ProviderClosedError: after :meth:`aclose`.
             ConflictError: a constraint refused a change (at statement or commit time).
-            BackendUnavailableError: the database cannot be reached or is busy.
+            BackendUnavailableError: the database cannot be reached, is busy, or did not
+                answer within the deadline.
         """
         return self._transaction(write=True)
 
@@ -292,22 +299,39 @@ class Database:
         if self._closed:
             raise ProviderClosedError("This database has been closed.")
         lock = self._write_lock if write else self._read_lock
-        async with self._queue(lock), translate_db_errors(), self._engine.connect() as conn:
-            if self._dialect_name == "sqlite":
-                options: dict[str, Any] = (
-                    {_WRITE_OPTION: True} if write else {_READ_ONLY_OPTION: True}
-                )
-            elif write:
-                options = {}
-            else:
-                options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
-            if options:
-                await conn.execution_options(**options)
-            async with conn.begin() as transaction:
-                yield conn
-                if not write and transaction.is_active:
-                    # Nothing to keep: ending a read with ROLLBACK is the cheaper, safer end.
-                    await transaction.rollback()
+        # PostgreSQL: deadlines on the checkout (pool wait, connect, pre-ping: ``timeout``)
+        # and on the transaction after it (twice that). A server that stopped answering (hung,
+        # or a partition) keeps an open connection waiting forever: the kernel still
+        # acknowledges, libpq has no read timeout, and statement_timeout is enforced by the
+        # very server that hangs. Cancelled, psycopg closes the connection; the pool
+        # replaces it.
+        postgres = self._dialect_name == "postgresql"
+        deadline = anyio.CancelScope(
+            deadline=anyio.current_time() + self._timeout if postgres else math.inf
+        )
+        with deadline:
+            async with self._queue(lock), translate_db_errors(), self._engine.connect() as conn:
+                if postgres:
+                    deadline.deadline = anyio.current_time() + 2 * self._timeout
+                if self._dialect_name == "sqlite":
+                    options: dict[str, Any] = (
+                        {_WRITE_OPTION: True} if write else {_READ_ONLY_OPTION: True}
+                    )
+                elif write:
+                    options = {}
+                else:
+                    options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+                if options:
+                    await conn.execution_options(**options)
+                async with conn.begin() as transaction:
+                    yield conn
+                    if not write and transaction.is_active:
+                        # Nothing to keep: ending a read with ROLLBACK is the cheaper, safer end.
+                        await transaction.rollback()
+        if deadline.cancelled_caught:
+            raise BackendUnavailableError(
+                "The database did not answer in time. Try again shortly.", retry_after=1
+            )
 
     @asynccontextmanager
     async def _exclusive_connection(self) -> AsyncIterator[AsyncConnection]:
