@@ -294,9 +294,7 @@ async def _drive(spec: LoadSpec) -> LoadResult:
     sampler = asyncio.ensure_future(sample_at_start())
     await asyncio.gather(*(worker(index) for index in range(spec.connections)))
     await sampler
-    server_cpu = (
-        process_cpu_seconds(spec.server_pid) - cpu_at_start[0] if spec.server_pid else None
-    )
+    server_cpu = process_cpu_seconds(spec.server_pid) - cpu_at_start[0] if spec.server_pid else None
     client_cpu = _own_cpu() - cpu_at_start[1]
     merged = sorted(value for values in latencies for value in values)
     if not merged:
