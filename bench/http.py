@@ -16,6 +16,9 @@ connection, one request after another), in one run and on the same machine:
   WAL + ``synchronous=NORMAL``), answering the row as JSON with 201.
 * **raw INSERT**: the same INSERT on the driver from the benchmark process, no HTTP
   (PostgreSQL: one connection per client; SQLite: the clients share one connection).
+* **provider in-process**: ``persistence.message.create`` on a self-host provider in the
+  benchmark process (one member, concurrent tasks), no HTTP: what the HTTP layer adds is
+  the difference between this row and ours.
 * **bare uvicorn**: the same app answering a small JSON to a ``POST``, no database.
 * **PocketBase**: authenticated record creation in a ``messages`` collection (its own
   embedded SQLite; the same figures are listed next to both of our databases).
@@ -54,6 +57,7 @@ from sqlalchemy.engine import make_url
 from bench._load import ClientKind, LoadResult, LoadSpec, run_load
 from bench._peers import PocketBase, pocketbase, pocketbase_binary
 from bench._serve import (
+    PASSWORD,
     DatabaseKind,
     ServerProcess,
     bootstrap,
@@ -63,6 +67,7 @@ from bench._serve import (
     temporary_database,
     wait_until_ready,
 )
+from kiiaren_selfhost import SelfHostProvider
 
 __all__ = ["Figure", "baseline_app", "main"]
 
@@ -75,10 +80,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BARE = "bare uvicorn JSON (no database)"
 RAW_INSERT = "raw INSERT (driver, no HTTP)"
 RAW_HTTP = "raw HTTP+INSERT (uvicorn + driver)"
+PROVIDER = "KIIAREN provider in-process (no HTTP)"
 OURS = "KIIAREN message.create"
 OURS_KEY = "KIIAREN message.create + Idempotency-Key"
 POCKETBASE = "PocketBase record create"
-TARGETS = (BARE, RAW_INSERT, RAW_HTTP, OURS, OURS_KEY, POCKETBASE)
+TARGETS = (BARE, RAW_INSERT, PROVIDER, RAW_HTTP, OURS, OURS_KEY, POCKETBASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +329,47 @@ def _baseline_server(
 # --- measuring --------------------------------------------------------------------------------
 
 
+async def _closed_loop(
+    op: Callable[[], Awaitable[object]], clients: int, seconds: float, warmup: float
+) -> LoadResult:
+    """``clients`` tasks calling ``op`` back to back in this process: warm up, then time.
+
+    The CPU figure is this process's (all threads: the driver's included) over the timed
+    window, reported as ``server_cpu``: here the process *is* the server.
+    """
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    start = time.perf_counter()
+    measure_from, deadline = start + warmup, start + warmup + seconds
+    last_end = [measure_from] * clients
+    cpu_at_start: list[float] = []
+
+    async def sample_at_start() -> None:
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        cpu_at_start.append(time.process_time())
+
+    async def worker(index: int) -> None:
+        while (before := time.perf_counter()) < deadline:
+            await op()
+            after = time.perf_counter()
+            if before >= measure_from:
+                latencies[index].append(after - before)
+                last_end[index] = after
+
+    sampler = asyncio.ensure_future(sample_at_start())
+    await asyncio.gather(*(worker(index) for index in range(clients)))
+    await sampler
+    cpu = time.process_time() - cpu_at_start[0]
+    merged = sorted(value for values in latencies for value in values)
+    return LoadResult(
+        len(merged),
+        max(last_end) - measure_from,
+        merged[len(merged) // 2],
+        merged[min(len(merged) - 1, int(0.99 * len(merged)))],
+        clients,
+        server_cpu=cpu,
+    )
+
+
 async def _raw_insert_rate(
     url: str, ids: tuple[str, str, str], clients: int, seconds: float, warmup: float
 ) -> LoadResult:
@@ -331,31 +378,37 @@ async def _raw_insert_rate(
     driver = RawDriver(url, 1 if _is_sqlite(url) else clients)
     await driver.open()
     body = message_body("raw insert")
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    start = time.perf_counter()
-    measure_from, deadline = start + warmup, start + warmup + seconds
-    last_end = [measure_from] * clients
-
-    async def worker(index: int) -> None:
-        while (before := time.perf_counter()) < deadline:
-            await driver.insert(*ids, body)
-            after = time.perf_counter()
-            if before >= measure_from:
-                latencies[index].append(after - before)
-                last_end[index] = after
-
     try:
-        await asyncio.gather(*(worker(index) for index in range(clients)))
+        return await _closed_loop(lambda: driver.insert(*ids, body), clients, seconds, warmup)
     finally:
         await driver.aclose()
-    merged = sorted(value for values in latencies for value in values)
-    return LoadResult(
-        len(merged),
-        max(last_end) - measure_from,
-        merged[len(merged) // 2],
-        merged[min(len(merged) - 1, int(0.99 * len(merged)))],
-        clients,
-    )
+
+
+async def _provider_rate(
+    url: str, files: Path, clients: int, seconds: float, warmup: float
+) -> LoadResult:
+    """``persistence.message.create`` on a self-host provider in this process (no HTTP):
+    one signed-in member, ``clients`` concurrent tasks, its own workspace."""
+    provider = SelfHostProvider(database_url=url, storage_path=str(files))
+    await provider.initialize()
+    view = provider.with_session(None)
+    try:
+        await view.auth.sign_up_with_password(
+            f"bench-inproc-{uuid.uuid4().hex[:12]}@example.com", PASSWORD, name="In-process"
+        )
+        workspace = await view.persistence.workspace.create("in-process")
+        channels = await view.persistence.channel.get(workspace.id)
+        channel = next(channel for channel in channels if channel.name == "general")
+        body = message_body("Hello from the benchmark: a short chat message, as people write.")
+        return await _closed_loop(
+            lambda: view.persistence.message.create(workspace.id, body=body, channel_id=channel.id),
+            clients,
+            seconds,
+            warmup,
+        )
+    finally:
+        await view.aclose()
+        await provider.aclose()
 
 
 async def _member_id(url: str, workspace_id: str, token: str) -> str:
@@ -428,6 +481,10 @@ def _run_kind(
                 args.warmup,
             )
             figure = Figure.of(kind, RAW_INSERT, raw)
+            figures.append(figure)
+            print(figure.line(), flush=True)
+            inproc = anyio.run(_provider_rate, url, files, count, args.seconds, args.warmup)
+            figure = Figure.of(kind, PROVIDER, inproc)
             figures.append(figure)
             print(figure.line(), flush=True)
             load(RAW_HTTP, count, spec(baseline, "/insert", ours_body, count))
@@ -504,7 +561,8 @@ def _header(kind: DatabaseKind, args: argparse.Namespace, peer: PocketBase | Non
         "  our server: 1 process, log level warning (no access log); each client is a "
         "different member" + ("" if peer is None else "; PocketBase: one signed-in user"),
         "  (CPU: milliseconds of CPU per request used by the server process and by the load "
-        "generator in the timed window; the database server's own CPU is not counted)",
+        "generator in the timed window; for the in-process rows, the benchmark process's; "
+        "the database server's own CPU is not counted)",
         "",
         f"  {'target':<42} {'clients':>7} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}"
         f" {'srv CPU':>9} {'load CPU':>9}",
@@ -540,8 +598,9 @@ def _print_ratios(kind: DatabaseKind, figures: Sequence[Figure]) -> None:
                 parts.append(
                     f"/ PocketBase {ours.rate / peer.rate:.2f}x" + (" (goal > 1x)" if goal else "")
                 )
-            if bare is not None:
-                parts.append(f"/ bare uvicorn {ours.rate / bare.rate:5.0%}")
+            inproc = _find(figures, PROVIDER, clients)
+            if inproc is not None:
+                parts.append(f"/ provider in-process {ours.rate / inproc.rate:5.0%}")
             print(f"  {label:<42} @{clients:>2}: " + ", ".join(parts))
         if raw_http is not None and bare is not None:
             raw = _find(figures, RAW_INSERT, clients)
