@@ -259,8 +259,12 @@ class PostgresInstance:
         return pids
 
     def thaw(self, pids: Sequence[int]) -> None:
-        """Undo :meth:`freeze`."""
+        """Undo :meth:`freeze`. ``runuser`` stops itself when its child stops (job control,
+        like ``su``), so it is continued too."""
         _signal(pids, signal.SIGCONT)
+        _signal(
+            [process.pid for process in self._launchers if process.poll() is None], signal.SIGCONT
+        )
 
     def _wait_gone(self, pids: Sequence[int]) -> None:
         deadline = time.monotonic() + _CHILD_EXIT_TIMEOUT
@@ -274,7 +278,7 @@ class PostgresInstance:
         """SIGKILL every process of the cluster (thawing frozen ones) and wait. Idempotent."""
         pids = self.processes()
         _signal(pids, signal.SIGKILL)
-        _signal(pids, signal.SIGCONT)
+        self.thaw(pids)
         self._wait_gone(pids)
         for process in self._launchers:
             try:

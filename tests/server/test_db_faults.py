@@ -60,9 +60,12 @@ def private_pg() -> Iterator[PostgresInstance]:
 
 
 @contextlib.asynccontextmanager
-async def running_server(pg: PostgresInstance, files: Path) -> AsyncIterator[ServerProcess]:
+async def running_server(
+    pg: PostgresInstance, files: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[ServerProcess]:
+    """The bundled server in a subprocess on a fresh database of ``pg``, migrated, ready."""
     database_url = pg.create_database("kiiaren")
-    with kiiaren_server(database_url, files_dir=files) as server:
+    with kiiaren_server(database_url, files_dir=files, extra_env=env) as server:
         yield server
 
 
@@ -508,3 +511,75 @@ async def test_a_key_interrupted_by_the_outage_can_be_retried(
             assert replayed.json()["id"] == retried.json()["id"]
     stored = read_back(private_pg, boot.workspace_id)
     assert stored.bodies[message_body(marker)] == 1
+
+
+FROZEN_DB_TIMEOUT = 4
+"""The server's database timeout in the frozen-database test (the default, 10 s, works the
+same, only slower): connect timeout, pool timeout and the deadline of a transaction."""
+
+
+@pytest.mark.postgres
+async def test_a_frozen_database_answers_503_within_the_bound(
+    private_pg: PostgresInstance, tmp_path: Path
+) -> None:
+    """Every process of PostgreSQL stopped (SIGSTOP: connections stay open, the kernel still
+    accepts, nothing answers; what a hung database or a network partition looks like):
+    requests on fresh and on pooled connections answer 503 + Retry-After within the
+    database timeout, and the server serves again once the database resumes.
+
+    Without a deadline on transactions, a pooled connection's pre-ping (and any statement)
+    waited forever for the frozen server: every request hung.
+    """
+    bound = FROZEN_DB_TIMEOUT + 3.0
+    env = {"KIIAREN_SELFHOST_DB_TIMEOUT_SECONDS": str(FROZEN_DB_TIMEOUT)}
+    async with running_server(private_pg, tmp_path / "files", env) as server:
+        boot = await bootstrap(server.url)
+        headers = {"Authorization": f"Bearer {boot.tokens[0]}"}
+        channels = f"/v1/workspaces/{boot.workspace_id}/channels"
+        messages = f"/v1/workspaces/{boot.workspace_id}/messages"
+        limits = httpx.Limits(max_connections=16)
+        async with httpx.AsyncClient(
+            base_url=server.url, timeout=bound + 10, limits=limits
+        ) as http:
+            # Several connections in the server's pool, idle when the database freezes.
+            async with anyio.create_task_group() as tasks:
+                for _ in range(6):
+                    tasks.start_soon(functools.partial(http.get, channels, headers=headers))
+            answers: dict[str, tuple[float, httpx.Response | None]] = {}
+
+            async def probe(name: str, method: str, path: str, **options: Any) -> None:
+                started = time.monotonic()
+                try:
+                    response: httpx.Response | None = await http.request(method, path, **options)
+                except httpx.TimeoutException:
+                    response = None
+                answers[name] = (time.monotonic() - started, response)
+
+            frozen = await anyio.to_thread.run_sync(private_pg.freeze)
+            try:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(probe, "ready", "GET", "/ready")
+                    for index in range(4):
+                        tasks.start_soon(
+                            functools.partial(
+                                probe, f"read-{index}", "GET", channels, headers=headers
+                            )
+                        )
+                    create = {"body": message_body("frozen"), "channel_id": boot.channel_id}
+                    key = {**headers, "Idempotency-Key": secrets.token_hex(8)}
+                    tasks.start_soon(
+                        functools.partial(
+                            probe, "create", "POST", messages, json=create, headers=key
+                        )
+                    )
+            finally:
+                await anyio.to_thread.run_sync(private_pg.thaw, frozen)
+            with anyio.fail_after(30):
+                while (await http.get("/ready")).status_code != 200:  # noqa: ASYNC110
+                    await anyio.sleep(0.1)
+            assert (await http.get(channels, headers=headers)).status_code == 200
+    for name, (seconds, response) in answers.items():
+        assert response is not None, f"{name}: no answer in {bound + 10:g} s (a hang)"
+        assert response.status_code == 503, (name, response.text)
+        assert response.headers.get("Retry-After", "").isdigit(), name
+        assert seconds < bound, (name, seconds)
