@@ -54,7 +54,7 @@ from typing import Any
 import anyio
 from sqlalchemy.engine import make_url
 
-from bench._load import ClientKind, LoadResult, LoadSpec, run_load
+from bench._load import ClientKind, LoadError, LoadResult, LoadSpec, run_load
 from bench._peers import PocketBase, pocketbase, pocketbase_binary
 from bench._serve import (
     PASSWORD,
@@ -662,8 +662,9 @@ def main(argv: Sequence[str]) -> list[Figure]:
     """Run the benchmark; print the tables and return every figure (for tests).
 
     Raises:
-        SystemExit: bad options, or PocketBase asked for but not installed.
-        LoadError, RuntimeError: a target answered non-2xx or a server did not start.
+        SystemExit: bad options, PocketBase asked for but not installed, or the run failed
+            (a target answered non-2xx, a connection dropped, a server did not start): the
+            message says what, with the end of the failing server's log.
     """
     args = _parser().parse_args(argv)
     if not args.skip_pocketbase and pocketbase_binary() is None:
@@ -671,6 +672,10 @@ def main(argv: Sequence[str]) -> list[Figure]:
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="kiiaren-bench-http-") as scratch:
         for kind, admin_url in _databases(args):
-            with temporary_database(kind, admin_url) as url:
-                figures += _run_kind(kind, url, args, Path(scratch))
+            try:
+                with temporary_database(kind, admin_url) as url:
+                    figures += _run_kind(kind, url, args, Path(scratch))
+            except (LoadError, RuntimeError, OSError) as exc:
+                notes = "\n".join(getattr(exc, "__notes__", ()))
+                raise SystemExit(f"bench http failed on {kind}: {exc}\n{notes}".rstrip()) from exc
     return figures
