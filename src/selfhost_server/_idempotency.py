@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import anyio
-from starlette.requests import Request
+from starlette.datastructures import URL
 from starlette.responses import Response
+from starlette.types import Scope
 
 from kiiaren_core.errors import IdempotencyConflictError, KiiarenError
 from kiiaren_core.protocols import IdempotencyStore, IdempotentReplay
@@ -55,13 +56,11 @@ KEY_PATTERN: Final = r"^[!-~]+$"
 _RELEASED_STATUSES: Final = frozenset({429})
 
 
-async def fingerprint(request: Request) -> str:
-    """``"<METHOD> <path>[?query] <sha256 of the body>"``."""
-    target = request.url.path
-    if request.url.query:
-        target = f"{target}?{request.url.query}"
-    digest = hashlib.sha256(await request.body()).hexdigest()
-    return f"{request.method} {target} {digest}"
+def fingerprint(scope: Scope, body: bytes) -> str:
+    """``"<METHOD> <path>[?query] <sha256 of the body>"`` of the request of ``scope``."""
+    url = URL(scope=scope)
+    target = f"{url.path}?{url.query}" if url.query else url.path
+    return f"{scope['method']} {target} {hashlib.sha256(body).hexdigest()}"
 
 
 def _replayed(replay: IdempotentReplay) -> Response:

@@ -28,6 +28,7 @@ from fastapi import Body, FastAPI, Header, Path, Query
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 from kiiaren_core.errors import (
@@ -60,10 +61,20 @@ from selfhost_server._idempotency import (
 )
 from selfhost_server._state import ServerState, server_state
 
-__all__ = ["BEARER_SCHEME", "add_operation_routes", "error_statuses"]
+__all__ = [
+    "BEARER_SCHEME",
+    "MAX_PATH_PARAMETER",
+    "OperationHandler",
+    "add_operation_routes",
+    "error_statuses",
+    "operation_handler",
+]
 
 BEARER_SCHEME: Final = "bearer"
 """Name of the security scheme in the OpenAPI document."""
+
+MAX_PATH_PARAMETER: Final = 512
+"""Longest path parameter (an id) accepted, in characters."""
 
 _TYPING: Final = TypingChangedEvent.model_fields["type"].default
 
@@ -297,15 +308,15 @@ async def _principal(state: ServerState, scope: Scope, token: str | None) -> str
 
 
 async def _execute(
-    request: Request,
+    state: ServerState,
+    scope: Scope,
     op: Operation,
     runner: Runner,
     render: Callable[[Any], Response],
     args: _Arguments,
     key: str | None,
+    body: Callable[[], Awaitable[bytes]],
 ) -> Response:
-    state = server_state(request)
-    scope = request.scope
     token = bearer_token(scope)
     if op.access == "session" and token is None:
         raise NotAuthenticatedError()
@@ -325,40 +336,76 @@ async def _execute(
         state.idempotency,
         principal=await _principal(state, scope, token),
         key=key,
-        request_fingerprint=await fingerprint(request),
+        request_fingerprint=fingerprint(scope, await body()),
         ttl_seconds=state.settings.idempotency_ttl_seconds,
         run=run,
         on_error=on_error,
     )
 
 
-_RESERVED: Final = frozenset({"request", "query", "body", "idempotency_key"})
+@dataclass(frozen=True, slots=True)
+class OperationHandler:
+    """Serves one operation from its validated request values.
 
+    ``values`` are what the route's parameters validated to: each path parameter by name,
+    ``query`` and ``body`` (models, when the operation has them) and ``idempotency_key``.
+    The FastAPI endpoint and the lean dispatcher (:mod:`selfhost_server._dispatch`) both
+    answer through this, so they behave the same once a request is valid.
+    """
 
-def _endpoint(op: Operation) -> Callable[..., Awaitable[Response]]:
-    """The FastAPI endpoint of ``op``, its parameters declared for validation and docs."""
-    if op.response is SessionGrant and op.name not in _RUNNERS:
-        raise RuntimeError(f"{op.name} grants a session but has no runner")
-    if _RESERVED & set(op.path_params):
-        raise RuntimeError(f"{op.name} has a path parameter named like a reserved one")
-    runner = _RUNNERS.get(op.name) or _generic(op)
-    render = _renderer(op)
+    op: Operation
+    runner: Runner
+    render: Callable[[Any], Response]
 
-    async def endpoint(request: Request, **values: Any) -> Response:
+    async def __call__(
+        self,
+        state: ServerState,
+        scope: Scope,
+        values: Mapping[str, Any],
+        body: Callable[[], Awaitable[bytes]],
+    ) -> Response:
+        """The response to a request whose parameters validated to ``values``; ``body``
+        reads its raw body (for the Idempotency-Key fingerprint).
+
+        Raises:
+            KiiarenError: answered through the error envelope by the caller.
+        """
         for name, value in values.items():
             _check_text(value, name)
+        op = self.op
         args = _Arguments(
             path={name: values[name] for name in op.path_params},
             query=values.get("query"),
             body=values.get("body"),
         )
-        return await _execute(request, op, runner, render, args, values.get("idempotency_key"))
+        key = values.get("idempotency_key")
+        return await _execute(state, scope, op, self.runner, self.render, args, key, body)
+
+
+_RESERVED: Final = frozenset({"request", "query", "body", "idempotency_key"})
+
+
+def operation_handler(op: Operation) -> OperationHandler:
+    """The :class:`OperationHandler` of ``op``."""
+    if op.response is SessionGrant and op.name not in _RUNNERS:
+        raise RuntimeError(f"{op.name} grants a session but has no runner")
+    return OperationHandler(op, _RUNNERS.get(op.name) or _generic(op), _renderer(op))
+
+
+def _endpoint(handler: OperationHandler) -> Callable[..., Awaitable[Response]]:
+    """The FastAPI endpoint of ``handler``, its parameters declared for validation and docs."""
+    op = handler.op
+    if _RESERVED & set(op.path_params):
+        raise RuntimeError(f"{op.name} has a path parameter named like a reserved one")
+
+    async def endpoint(request: Request, **values: Any) -> Response:
+        return await handler(server_state(request), request.scope, values, request.body)
 
     keyword = inspect.Parameter.KEYWORD_ONLY
     parameters = [inspect.Parameter("request", keyword, annotation=Request)]
+    path_parameter = Annotated[str, Path(max_length=MAX_PATH_PARAMETER)]
     parameters += [
-        inspect.Parameter(name, keyword, annotation=Annotated[str, Path(max_length=512)])
-        for name in op.path_params
+        inspect.Parameter(name, keyword, annotation=path_parameter) for name in op.path_params
     ]
     if op.query is not None:
         parameters.append(
@@ -396,16 +443,19 @@ def _security(op: Operation) -> list[dict[str, list[str]]]:
     return []
 
 
-def add_operation_routes(app: FastAPI) -> None:
-    """Add one route per operation of :data:`OPERATIONS` to ``app``."""
+def add_operation_routes(app: FastAPI) -> list[tuple[BaseRoute, OperationHandler]]:
+    """Add one route per operation of :data:`OPERATIONS` to ``app``; returns each route
+    with its handler (for :class:`~selfhost_server._dispatch.OperationDispatcher`)."""
+    handlers: list[tuple[BaseRoute, OperationHandler]] = []
     for op in OPERATIONS:
+        handler = operation_handler(op)
         responses: dict[int | str, dict[str, Any]] = {
             status: {"model": ErrorEnvelope, "description": _ERROR_DESCRIPTIONS[status]}
             for status in error_statuses(op)
         }
         app.add_api_route(
             op.url_path,
-            _endpoint(op),
+            _endpoint(handler),
             methods=[op.method],
             status_code=op.status,
             response_model=op.response,
@@ -418,3 +468,5 @@ def add_operation_routes(app: FastAPI) -> None:
             tags=[op.name.split(".", 1)[0]],
             openapi_extra={"security": _security(op)},
         )
+        handlers.append((app.router.routes[-1], handler))
+    return handlers

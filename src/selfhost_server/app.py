@@ -3,7 +3,6 @@
 ::
 
     from kiiaren_core import create_provider
-from kiiaren_core.errors import BackendUnavailableError
     from selfhost_server import create_app
 
     app = create_app(create_provider("selfhost"))   # uvicorn module:app
@@ -41,6 +40,7 @@ from kiiaren_core.protocols import BackendProvider, OperableProvider, ServedStor
 from kiiaren_core.wire import API_PREFIX, CapabilitiesReport
 from selfhost_server import ws
 from selfhost_server._context import REQUEST_ID_HEADER
+from selfhost_server._dispatch import OperationDispatcher
 from selfhost_server._errors import ErrorEnvelope, install_error_handlers
 from selfhost_server._idempotency import (
     IDEMPOTENCY_HEADER,
@@ -153,7 +153,7 @@ def create_app(provider: BackendProvider, settings: ServerSettings | None = None
         tags=["meta"],
         responses={500: {"model": ErrorEnvelope, "description": "Unexpected failure"}},
     )
-    add_operation_routes(app)
+    handlers = add_operation_routes(app)
     storage = provider.storage
     served = False
     if isinstance(storage, ServedStorage):
@@ -182,6 +182,10 @@ def create_app(provider: BackendProvider, settings: ServerSettings | None = None
     )
     app.include_router(ws.router)
     install_openapi(app)
+    # Innermost user middleware: inside CORS and the request context, like the router.
+    app.add_middleware(
+        OperationDispatcher, routes=lambda: app.router.routes, handlers=handlers, state=state
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
