@@ -135,20 +135,22 @@ class RequestContextMiddleware:
                 status = 500
                 await send_error(scope, receive, send, KiiarenError())
         finally:
-            access_logger.info(
-                "%s %s %d",
-                scope["method"],
-                scope["path"],
-                status,
-                extra={
-                    "request_id": request_id,
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "client_ip": self.client_ip(scope),
-                },
-            )
+            # Checked first: below INFO the line's fields are not even computed.
+            if access_logger.isEnabledFor(logging.INFO):
+                access_logger.info(
+                    "%s %s %d",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    extra={
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "client_ip": self.client_ip(scope),
+                    },
+                )
 
     @staticmethod
     def _declared_length(headers: Headers) -> int:
