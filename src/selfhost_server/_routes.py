@@ -14,6 +14,10 @@ which builds the event from the body and the path's workspace.
 
 Every request acts through ``provider.with_session(<bearer token>, context=<client>)``, a
 view closed when the request ends.
+
+Each operation's behaviour once its request is valid is one :class:`OperationHandler`: the
+FastAPI endpoint calls it, and so does the lean path of :mod:`selfhost_server._dispatch`,
+which serves valid operation requests without FastAPI's per-request machinery.
 """
 
 from __future__ import annotations
