@@ -169,7 +169,11 @@ class _LeanOperation:
                 values["query"] = op.query.model_validate(self._query(scope))
             if op.body is not None:
                 values["body"] = op.body.model_validate(self._json(scope, body))
-        except (pydantic.ValidationError, ValueError):
+        except _RefusedError:
+            raise
+        except Exception:
+            # Invalid values, undecodable or too deeply nested JSON, ...: whatever FastAPI
+            # made of it before (a 422, a 400), it still does.
             raise _RefusedError from None
         if op.mutating:
             values["idempotency_key"] = self._key(scope)

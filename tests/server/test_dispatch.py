@@ -77,6 +77,8 @@ def _invalid(auth: dict[str, str], messages: str, channel_id: str) -> list[Reque
     good = f'{{"body": "hi", "channel_id": "{channel_id}"}}'
     return [
         {"method": "POST", "url": messages, "content": b'{"body": ', "headers": json_type},
+        {"method": "POST", "url": messages, "content": b"[" * 100_000, "headers": json_type},
+        {"method": "POST", "url": messages, "content": b'{"body": "\xff"}', "headers": json_type},
         {"method": "POST", "url": messages, "content": good, "headers": auth},
         {
             "method": "POST",
