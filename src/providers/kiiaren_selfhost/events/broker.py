@@ -29,12 +29,14 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 import sqlalchemy as sa
 
+from kiiaren_core.errors import ProviderClosedError
 from kiiaren_core.events import EventEnvelope, matches_any, parse_event
 from kiiaren_selfhost.db import Database
 from kiiaren_selfhost.db import tables as t
@@ -49,6 +51,8 @@ _MEMO_SIZE: Final = 64
 
 Sink = Callable[[EventEnvelope], bool]
 """Takes one live event synchronously: True when it took it, False to have it queued."""
+_CHECKS_AT_ONCE: Final = 32
+"""Sessions whose liveness the poller checks concurrently."""
 
 
 async def stream_head(db: Database, workspace_id: str) -> tuple[int, str | None]:
@@ -101,6 +105,51 @@ def _contiguous(events: Sequence[EventEnvelope], after: int) -> bool:
     return all(event.seq == after + n for n, event in enumerate(events, 1))
 
 
+class Mailbox:
+    """A bounded FIFO with one consumer: what ``asyncio.Queue`` does here, in less memory.
+
+    An idle subscription holds no buffer at all (a deque is made for a burst and dropped
+    once drained) and at most one future while its consumer waits; an ``asyncio.Queue``
+    holds three deques for life, a few KiB per subscriber.
+    """
+
+    __slots__ = ("_items", "_size", "_waiter")
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: deque[EventEnvelope | None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: EventEnvelope | None) -> None:
+        """Append ``item``; raises asyncio.QueueFull when ``size`` items wait already."""
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        elif len(items) >= self._size:
+            raise asyncio.QueueFull
+        items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> EventEnvelope | None:
+        """The oldest item, waiting for one (one consumer at a time)."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        assert self._items is not None
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+
 class SubscriberState(enum.Enum):
     """Where a subscriber is in its life."""
 
@@ -115,18 +164,19 @@ class Subscription:
 
     workspace_id: str
     user_id: str
+    session_id: str
     patterns: tuple[str, ...]
     queue_size: int
     cursor: int
     state: SubscriberState = SubscriberState.CATCHING_UP
     close_reason: str | None = None
-    queue: asyncio.Queue[EventEnvelope | None] = field(init=False)
+    queue: Mailbox = field(init=False)
     sink: Sink | None = None
     """Armed by the consumer only while it waits with nothing queued (see the module doc)."""
     _wanted: dict[str, bool] | None = None
 
     def __post_init__(self) -> None:
-        self.queue = asyncio.Queue(maxsize=self.queue_size)
+        self.queue = Mailbox(self.queue_size)
 
     def wants(self, event: EventEnvelope) -> bool:
         # Matching splits both strings per pattern; a fan-out asks once per subscriber per
@@ -193,6 +243,22 @@ class Broker:
         self._channels: dict[str, _Channel] = {}
         self._poll_interval = poll_interval
         self._poller: asyncio.Task[None] | None = None
+        self._is_live: Callable[[str, str], Awaitable[bool]] | None = None
+        self._heartbeat: Callable[[str, str], Awaitable[None]] | None = None
+
+    def watch_sessions(
+        self,
+        is_live: Callable[[str, str], Awaitable[bool]],
+        heartbeat: Callable[[str, str], Awaitable[None]],
+    ) -> None:
+        """Have the poller check every subscription's session each ``poll_interval``.
+
+        ``is_live(session_id, user_id)`` False closes the session's subscriptions with
+        ``session_revoked`` (a revoked session stops streaming within about two poll
+        intervals); ``heartbeat(workspace_id, user_id)`` runs for each live pair (presence).
+        Removal and workspace deletion need no polling: their events close subscriptions.
+        """
+        self._is_live, self._heartbeat = is_live, heartbeat
 
     # --- subscriptions ------------------------------------------------------------------------
 
@@ -317,7 +383,8 @@ class Broker:
             )
 
     async def _poll(self) -> None:
-        """Catch up every channel periodically: covers missed wake-ups of any cause."""
+        """Catch up every channel periodically (covers missed wake-ups of any cause), and
+        re-check the subscribers' sessions."""
         while self._channels:
             await asyncio.sleep(self._poll_interval)
             for workspace_id in list(self._channels):
@@ -326,6 +393,45 @@ class Broker:
                     await self.wake(workspace_id, head)
                 except Exception:
                     logger.exception("event catch-up failed for workspace %s", workspace_id)
+            await self._recheck_sessions()
+
+    async def _recheck_sessions(self) -> None:
+        is_live, heartbeat = self._is_live, self._heartbeat
+        if is_live is None or heartbeat is None:
+            return
+        by_session: dict[tuple[str, str], list[Subscription]] = {}
+        for channel in list(self._channels.values()):
+            for sub in channel.subscribers:
+                if sub.state is not SubscriberState.CLOSED:
+                    by_session.setdefault((sub.session_id, sub.user_id), []).append(sub)
+        sessions = list(by_session)
+        for start in range(0, len(sessions), _CHECKS_AT_ONCE):
+            batch = sessions[start : start + _CHECKS_AT_ONCE]
+            answers = await asyncio.gather(
+                *(is_live(session_id, user_id) for session_id, user_id in batch),
+                return_exceptions=True,
+            )
+            for key, answer in zip(batch, answers, strict=True):
+                if isinstance(answer, ProviderClosedError):
+                    for sub in by_session[key]:
+                        sub.close("provider_closed")
+                elif isinstance(answer, BaseException):
+                    # A database blip must not end every stream: check again next time.
+                    logger.debug("session re-check failed", exc_info=answer)
+                elif not answer:
+                    for sub in by_session[key]:
+                        sub.close("session_revoked")
+        present = {
+            (sub.workspace_id, sub.user_id)
+            for subs in by_session.values()
+            for sub in subs
+            if sub.state is not SubscriberState.CLOSED
+        }
+        for workspace_id, user_id in present:
+            try:
+                await heartbeat(workspace_id, user_id)
+            except Exception:
+                logger.debug("presence heartbeat failed", exc_info=True)
 
     async def aclose(self) -> None:
         """Close every subscription and stop the poller."""

@@ -50,8 +50,6 @@ __all__ = ["SelfHostEventStream", "SelfHostEvents"]
 logger = logging.getLogger("kiiaren.selfhost.events")
 
 WORKSPACE_NOT_FOUND = "Workspace not found."
-RECHECK_SECONDS = 1.0
-"""How often an idle stream re-checks its session and membership (removal stops it in < 2 s)."""
 
 
 class SelfHostEventStream:
@@ -71,10 +69,10 @@ class SelfHostEventStream:
         self._since = since
         self._epoch = epoch
         self._subscription: Subscription | None = None
-        self._pending: deque[StreamItem] = deque()
+        # Made for a replay page and dropped once drained: a live stream holds no buffer.
+        self._pending: deque[StreamItem] | None = None
         self._started = False
         self._closed = False
-        self._last_check = 0.0
         self._session_id = ""
         self._last_seq: int | None = since
         self._sink: Callable[[EventEnvelope], bool] | None = None
@@ -124,7 +122,7 @@ class SelfHostEventStream:
             if reason is None:
                 cursor = self._since
             else:
-                self._pending.append(
+                self._pend(
                     NotRecovered(
                         workspace_id=self._workspace_id,
                         reason=reason,
@@ -137,15 +135,18 @@ class SelfHostEventStream:
         self._subscription = Subscription(
             workspace_id=self._workspace_id,
             user_id=user_id,
+            session_id=self._session_id,
             patterns=self._patterns,
             queue_size=rt.settings.subscriber_queue_size,
             cursor=cursor,
         )
+        # The broker's poller re-checks every stream's session and keeps its presence fresh
+        # (one pass per process, not a timer per stream).
+        rt.broker.watch_sessions(rt.liveness.is_live, rt.presence.heartbeat)
         await rt.broker.attach(self._subscription)
         if not self._pending and cursor == head:
             # Nothing to replay: receive pushes (ephemeral events included) from now on.
             await rt.broker.go_live(self._subscription)
-        self._last_check = asyncio.get_running_loop().time()
         await rt.presence.set(self._workspace_id, user_id, PresenceStatus.ONLINE)
 
     async def _unrecoverable(
@@ -182,7 +183,10 @@ class SelfHostEventStream:
         assert sub is not None
         while True:
             if self._pending:
-                return self._deliver(self._pending.popleft())
+                pending = self._pending.popleft()
+                if not self._pending:
+                    self._pending = None
+                return self._deliver(pending)
             if sub.state is SubscriberState.CATCHING_UP:
                 await self._catch_up(sub)
                 continue
@@ -192,18 +196,17 @@ class SelfHostEventStream:
             # the sink may take live events until one is queued or this wait ends.
             sub.sink = self._take if self._sink is not None else None
             try:
-                # asyncio.timeout, not wait_for: wait_for makes a task per item (3.11).
-                async with asyncio.timeout(RECHECK_SECONDS):
-                    item = await sub.queue.get()
-            except TimeoutError:
-                await self._recheck(sub)
-                continue
+                item = await sub.queue.get()
             finally:
                 sub.sink = None
             if item is None:
                 continue  # a close() wake-up: the state check above ends the stream
-            await self._recheck_if_due(sub)
             return self._deliver(item)
+
+    def _pend(self, item: StreamItem) -> None:
+        if self._pending is None:
+            self._pending = deque()
+        self._pending.append(item)
 
     def _deliver(self, item: StreamItem) -> StreamItem:
         if (isinstance(item, EventEnvelope) and item.seq is not None) or isinstance(
@@ -218,32 +221,11 @@ class SelfHostEventStream:
         for event in page:
             sub.cursor = event.seq or sub.cursor
             if sub.wants(event):
-                self._pending.append(event)
+                self._pend(event)
             else:
                 self._last_seq = event.seq
         if len(page) < PAGE_SIZE and not self._pending:
             await rt.broker.go_live(sub)
-
-    async def _recheck_if_due(self, sub: Subscription) -> None:
-        if asyncio.get_running_loop().time() - self._last_check >= RECHECK_SECONDS:
-            await self._recheck(sub)
-
-    async def _recheck(self, sub: Subscription) -> None:
-        """Stop the stream when its session was revoked; keep the user's presence fresh.
-
-        Removal from the workspace and its deletion need no polling: their ``member.left``
-        and ``workspace.deleted`` events reach the broker from the log (in every process)
-        and close the subscription there.
-        """
-        rt = self._events.runtime
-        self._last_check = asyncio.get_running_loop().time()
-        try:
-            if not await rt.liveness.is_live(self._session_id, sub.user_id):
-                sub.close("session_revoked")
-                return
-            await rt.presence.heartbeat(self._workspace_id, sub.user_id)
-        except ProviderClosedError:
-            sub.close("provider_closed")
 
     def _finish(self, reason: str | None) -> None:
         self._closed = True
