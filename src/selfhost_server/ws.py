@@ -48,6 +48,7 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
 from starlette.types import Scope
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -360,9 +361,11 @@ class _Connection:
     user_id: str | None = field(default=None, init=False)
     _subs: dict[str, _Subscription] = field(default_factory=dict, init=False)
     _pumps: set[asyncio.Task[None]] = field(default_factory=set, init=False)
-    _queue: asyncio.Queue[str] = field(init=False)
-    _done: asyncio.Event = field(default_factory=asyncio.Event, init=False)
-    _finished: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    # Made on first use: an idle socket holds no queue (memory per idle connection).
+    _queue: asyncio.Queue[str] | None = field(default=None, init=False)
+    # Futures rather than asyncio.Event: one waiter each, a fraction of the memory.
+    _done: asyncio.Future[None] | None = field(default=None, init=False)
+    _finished: asyncio.Future[None] | None = field(default=None, init=False)
     _closing: _Closing | None = field(default=None, init=False)
     _malformed: int = field(default=0, init=False)
     _bucket: _TokenBucket = field(init=False)
@@ -372,10 +375,11 @@ class _Connection:
     _inflight: asyncio.Task[None] | None = field(default=None, init=False)
     _send_started: float | None = field(default=None, init=False)
     _watchdog: asyncio.TimerHandle | None = field(default=None, init=False)
+    _session_timer: asyncio.TimerHandle | None = field(default=None, init=False)
+    _checker: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.config = self.registry.config
-        self._queue = asyncio.Queue(maxsize=self.config.send_queue_size)
         rate = self.config.ephemeral_frames_per_second
         self._bucket = _TokenBucket(rate, 2 * rate)
 
@@ -389,13 +393,17 @@ class _Connection:
         """Ask the socket to close with ``code`` (``None``: the peer is gone). First call wins."""
         if self._closing is None:
             self._closing = _Closing(code, reason)
-            self._done.set()
+            if self._done is not None and not self._done.done():
+                self._done.set_result(None)
 
     async def wait_finished(self) -> None:
-        await self._finished.wait()
+        if self._finished is not None:
+            await asyncio.shield(self._finished)
 
     async def serve(self) -> None:
         """Accept, authenticate, serve frames until someone closes, then release everything."""
+        loop = asyncio.get_running_loop()
+        self._done, self._finished = loop.create_future(), loop.create_future()
         offered = [str(p) for p in self.websocket.scope.get("subprotocols") or ()]
         await self.websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         self.registry._add(self)
@@ -412,7 +420,8 @@ class _Connection:
                     None,
                 )
                 self._reader = self._spawn(self._read_loop(token), "reader")
-            await self._done.wait()
+            if self._closing is None:
+                await self._done
         finally:
             await self._teardown()
 
@@ -432,11 +441,14 @@ class _Connection:
             self.close(CLOSE_INTERNAL_ERROR, "internal error")
 
     async def _teardown(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        for timer in (self._watchdog, self._session_timer):
+            if timer is not None:
+                timer.cancel()
+        self._watchdog = self._session_timer = None
         tasks = [
-            t for t in (self._reader, self._writer, self._inflight, *self._pumps) if t is not None
+            t
+            for t in (self._reader, self._writer, self._inflight, self._checker, *self._pumps)
+            if t is not None
         ]
         for task in tasks:
             task.cancel()
@@ -456,7 +468,8 @@ class _Connection:
                 async with asyncio.timeout(self.config.close_timeout_seconds):
                     await self.websocket.close(closing.code, closing.reason)
         self.registry._discard(self)
-        self._finished.set()
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
         logger.debug("events socket closed (%s) for user %s", closing.code, self.user_id)
 
     @staticmethod
@@ -475,11 +488,19 @@ class _Connection:
     # queue, which a writer task (started on demand) drains behind it.
 
     def _can_write_now(self) -> bool:
-        return self._inflight is None and not self._writer_busy and self._queue.empty()
+        return (
+            self._inflight is None
+            and not self._writer_busy
+            and (self._queue is None or self._queue.empty())
+        )
 
     def _write_now(self, text: str) -> None:
         """Start writing one frame; raises WebSocketDisconnect when the peer is gone."""
-        task = _start_eagerly(self.websocket.send({"type": "websocket.send", "text": text}))
+        try:
+            task = _start_eagerly(self.websocket.send({"type": "websocket.send", "text": text}))
+        except WebSocketDisconnect:
+            self.close(None)
+            raise
         if task is not None:
             self._inflight = task
             # Almost every write completes at once, so no timer per frame: a watchdog armed
@@ -502,10 +523,15 @@ class _Connection:
             self.close(CLOSE_INTERNAL_ERROR, "internal error")
 
     def _offer(self, text: str) -> bool:
-        """Write or queue a frame without waiting; False when the queue is full."""
+        """Write or queue a frame without waiting; False when the queue is full. Frames
+        for a peer that is gone are dropped (the socket is being torn down)."""
+        if self._closing is not None and self._closing.code is None:
+            return True
         if self._can_write_now():
             self._write_now(text)
             return True
+        if self._queue is None:
+            self._queue = asyncio.Queue(maxsize=self.config.send_queue_size)
         try:
             self._queue.put_nowait(text)
         except asyncio.QueueFull:
@@ -517,13 +543,14 @@ class _Connection:
     async def _deliver(self, text: str) -> None:
         """Send a frame in order, waiting while the queue is full (back-pressure)."""
         if not self._offer(text):
+            assert self._queue is not None  # _offer refuses only when it is full
             await self._queue.put(text)  # a full queue has a writer draining it
 
     async def _write_loop(self) -> None:
         """Drain the queue behind any in-flight write, then end (restarted on demand)."""
         queue = self._queue
         try:
-            while not queue.empty():
+            while queue is not None and not queue.empty():
                 text = queue.get_nowait()
                 self._writer_busy = True  # holds a frame: nobody may overtake it
                 while self._inflight is not None:
@@ -564,17 +591,9 @@ class _Connection:
                 return
         if not await self._authenticate(token, first=True):
             return
-        interval = self.config.session_recheck_seconds
+        self._arm_session_check()
         while True:
-            try:
-                async with asyncio.timeout(interval):
-                    message = await self.websocket.receive()
-            except TimeoutError:
-                # Streams re-check the session themselves; a socket without any (also one
-                # whose last subscription just ended) must do it here.
-                if not self._subs and not await self._session_alive():
-                    return
-                continue
+            message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 self.close(None)
                 return
@@ -669,6 +688,8 @@ class _Connection:
             elif isinstance(frame, TypingFrame):
                 self._limit_ephemeral()
                 await self._typing(frame)
+        except WebSocketDisconnect:
+            raise  # the peer is gone: the guard closes the socket
         except NotAuthenticatedError:
             self.close(CLOSE_AUTH_FAILED, _SESSION_ENDED)
         except ProviderClosedError:
@@ -741,6 +762,27 @@ class _Connection:
             )
         )
         return True
+
+    def _arm_session_check(self) -> None:
+        """Re-check the session every ``session_recheck_seconds`` while the socket has no
+        subscription (streams re-check theirs in the provider). A timer, not a task: idle
+        sockets with subscriptions cost nothing here."""
+        if self._session_timer is None and self._closing is None:
+            loop = asyncio.get_running_loop()
+            self._session_timer = loop.call_later(
+                self.config.session_recheck_seconds, self._session_check_due
+            )
+
+    def _session_check_due(self) -> None:
+        self._session_timer = None
+        if self._subs or self._closing is not None or self.view is None:
+            return  # a new subscription re-checks in the provider; the next end re-arms
+
+        async def check() -> None:
+            if await self._session_alive():
+                self._arm_session_check()
+
+        self._checker = self._spawn(check(), "session-check")
 
     async def _session_alive(self) -> bool:
         try:
@@ -829,6 +871,8 @@ class _Connection:
             raise NotFoundError("No open subscription with this id.", details={"field": "id"})
         await self._stop_pump(sub)
         await self._close_stream(sub.stream)
+        if not self._subs:
+            self._arm_session_check()
         await self._send_unsubscribed(sub, "unsubscribed")
 
     def _start_pump(self, sub: _Subscription) -> None:
@@ -917,6 +961,8 @@ class _Connection:
             return
         del self._subs[sub.id]
         await self._close_stream(sub.stream)
+        if not self._subs:
+            self._arm_session_check()
         await self._send_unsubscribed(sub, reason, error)
 
     async def _send_unsubscribed(
@@ -1020,11 +1066,7 @@ def _frame_id(text: str) -> str | None:
 
 # --- the endpoint -----------------------------------------------------------------------------
 
-router = APIRouter()
-"""Include with ``app.include_router(router)``; serves :data:`EVENTS_PATH`."""
 
-
-@router.websocket(EVENTS_PATH)
 async def events_socket(websocket: WebSocket) -> None:
     """The events WebSocket (see the module docstring and docs/wire-protocol-events.md)."""
     app = websocket.app
@@ -1034,6 +1076,14 @@ async def events_socket(websocket: WebSocket) -> None:
         await _refuse_origin(websocket)
         return
     await _Connection(websocket, _binding(app), registry).serve()
+
+
+router = APIRouter(
+    # A plain Starlette route: FastAPI's WebSocket route adds dependency solving and exit
+    # stacks that this endpoint does not use, several KiB per open socket.
+    routes=[WebSocketRoute(EVENTS_PATH, events_socket, name="events_socket")]
+)
+"""Include with ``app.include_router(router)``; serves :data:`EVENTS_PATH`."""
 
 
 async def _refuse_origin(websocket: WebSocket) -> None:
