@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import resource
 import signal
 import sys
@@ -45,7 +46,8 @@ from websockets.typing import Subprotocol
 READY_FRAME = '{"type":"ready"}'
 PUBLISH_PATH = "/publish"
 REPORT_TIMEOUT_SECONDS = 15.0
-CONNECT_CONCURRENCY = 64
+CONNECT_CONCURRENCY = 32
+CONNECT_ATTEMPTS = 10
 
 
 def raise_open_files_limit() -> int:
@@ -166,6 +168,7 @@ class _Subscribers:
         self.closed = 0
         self.frame_bytes = 0
         self.arrived = asyncio.Event()
+        self.retries = 0
         self.connections: list[ClientConnection] = []
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -181,32 +184,53 @@ class _Subscribers:
         await asyncio.gather(*(one(i) for i in range(self.count)))
 
     async def _connect(self) -> ClientConnection:
+        """Open, authenticate and subscribe one socket, backing off like a real client when
+        the server sheds load (a connection storm: ``backend_unavailable``/``rate_limited``
+        with ``retry_after``, or a socket closed before ``ready``)."""
         subprotocols = None
         if self.token is not None:
             subprotocols = [Subprotocol("kiiaren.v1"), Subprotocol(f"bearer.{self.token}")]
-        connection = await connect(
-            self.url,
-            subprotocols=subprotocols,
-            compression=None,
-            open_timeout=60,
-            ping_interval=None,  # the server pings; answering is automatic
-            max_queue=None,
-        )
-        ready = json.loads(await connection.recv())
-        if ready.get("type") != "ready":
-            raise SystemExit(f"expected a ready frame, got {ready}")
-        if self.workspace_id is not None:
-            subscribe = {
-                "type": "subscribe",
-                "id": "s",
-                "workspace_id": self.workspace_id,
-                "types": ["message.created"],
-            }
+        for attempt in range(CONNECT_ATTEMPTS):
+            connection = await connect(
+                self.url,
+                subprotocols=subprotocols,
+                compression=None,
+                open_timeout=60,
+                ping_interval=None,  # the server pings; answering is automatic
+                max_queue=None,
+            )
+            try:
+                ready = json.loads(await connection.recv())
+                if ready.get("type") != "ready":
+                    raise SystemExit(f"expected a ready frame, got {ready}")
+                if self.workspace_id is None or await self._subscribe(connection):
+                    return connection
+            except ConnectionClosed:
+                pass
+            await connection.close()
+            await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * (0.5 + random.random()))
+        raise SystemExit(f"could not subscribe after {CONNECT_ATTEMPTS} attempts")
+
+    async def _subscribe(self, connection: ClientConnection) -> bool:
+        """Subscribe (retrying on load shedding); False if the socket should be reopened."""
+        subscribe = {
+            "type": "subscribe",
+            "id": "s",
+            "workspace_id": self.workspace_id,
+            "types": ["message.created"],
+        }
+        for _ in range(CONNECT_ATTEMPTS):
             await connection.send(json.dumps(subscribe))
             answer = json.loads(await connection.recv())
-            if answer.get("type") != "subscribed":
+            if answer.get("type") == "subscribed":
+                return True
+            error = answer.get("error") or {}
+            if error.get("code") not in ("backend_unavailable", "rate_limited"):
                 raise SystemExit(f"subscribe refused: {answer}")
-        return connection
+            self.retries += 1
+            delay = float(error.get("details", {}).get("retry_after", 1))
+            await asyncio.sleep(delay * (0.5 + random.random()))
+        return False
 
     async def _read(self, connection: ClientConnection, received: dict[str, float]) -> None:
         try:
@@ -254,7 +278,7 @@ class _Subscribers:
 async def _subscribers(args: argparse.Namespace) -> None:
     clients = _Subscribers(args.url, args.count, args.token, args.workspace)
     await clients.open()
-    _emit({"ready": args.count})
+    _emit({"ready": args.count, "retries": clients.retries})
     lines = _stdin_lines()
     while (line := await lines.get()) is not None:
         command, _, value = line.strip().partition(" ")

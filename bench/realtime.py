@@ -1,7 +1,7 @@
 """Create -> WebSocket receipt, fan-out CPU and idle-socket memory of the server vs bare baselines.
 
 ``python -m bench realtime [--database-url URL] [--events N] [--subscribers 1,100,1000]
-[--idle 10000] [--skip-pocketbase]``
+[--idle 2000] [--skip-pocketbase] [--sections 1,2,3,4,5]``
 
 Everything runs as separate processes on this machine: the bundled server
 (``python -m selfhost_server serve``, one worker), the baselines, and subscriber clients
@@ -212,6 +212,8 @@ class Subscribers:
     def __init__(self, clients: list[Child], count: int) -> None:
         self.clients = clients
         self.count = count
+        self.retries = sum(int(client.hello.get("retries", 0)) for client in clients)
+        """Subscribes the server refused for load (``retry_after``) and the clients retried."""
 
     @classmethod
     @asynccontextmanager
@@ -541,80 +543,76 @@ def events_for(subscribers: int, events: int, rate: float, seconds: float) -> in
 async def same_process(
     table: Table, database_url: str, scratch: Path, args: argparse.Namespace
 ) -> Measurement | None:
-    """Sections 1 and 2; returns our 1-subscriber measurement (compared with PocketBase)."""
+    """Sections 1 and 2 (one server, one bare broadcast server); returns our 1-subscriber
+    measurement, compared with PocketBase in section 5."""
+    async with bare_broadcast() as bare, kiiaren(database_url, scratch) as ours:
+        ours_one = await _latencies(table, bare, ours, args) if 1 in args.sections else None
+        if 2 in args.sections:
+            await _fan_out_cpu(table, bare, ours, args)
+    return ours_one
+
+
+async def _latencies(
+    table: Table, bare: Bare, ours: Kiiaren, args: argparse.Namespace
+) -> Measurement | None:
     table.section("1. create -> receipt, one server process (writer and subscribers on it)")
     ours_one: Measurement | None = None
-    cpu: dict[tuple[str, int], float] = {}
-    async with bare_broadcast() as bare, kiiaren(database_url, scratch) as ours:
-        for count in args.subscribers:
-            rate = rate_for(count, args.rate)
-            events = events_for(count, args.events, args.rate, args.seconds)
-            table.text(f"{count} subscriber(s), {events} events at {rate:g}/s")
-            async with bare.subscribers(count) as subs:
-                base = await measure(
-                    "bare", BareWriter(bare.publisher), subs, events=events, rate=rate
-                )
-            async with ours.subscribers(count) as subs:
-                mine = await measure("ours", ours.writer(), subs, events=events, rate=rate)
-            table.latency("baseline: bare websockets.broadcast", base)
-            table.latency("server: HTTP create -> event frame", mine)
-            if count == 1:
-                ours_one = mine
-                table.ratio("p50 (absolute)", mine.p50, 3.0, " ms")
-                table.ratio("p99 (absolute)", mine.p99, 10.0, " ms")
-            table.ratio("p50 vs bare broadcast", mine.p50 / base.p50)
-            table.ratio("p99 vs bare broadcast", mine.p99 / base.p99)
-
-        table.section(
-            f"2. fan-out CPU per delivery ({args.cpu_events} events at {args.cpu_rate:g}/s; "
-            "server CPU minus the same creates with no subscriber)"
-        )
-        for count in (0, *args.cpu_subscribers):
-            for name, target, writer, pid in (
-                ("bare", bare, BareWriter(bare.publisher), bare.server.pid),
-                ("ours", ours, ours.writer(), ours.writer_server.pid),
-            ):
-                if count == 0:
-                    m = await measure(
-                        name,
-                        writer,
-                        None,
-                        events=args.cpu_events,
-                        rate=args.cpu_rate,
-                        server_pid=pid,
-                    )
-                else:
-                    async with target.subscribers(count) as subs:
-                        m = await measure(
-                            name,
-                            writer,
-                            subs,
-                            events=args.cpu_events,
-                            rate=args.cpu_rate,
-                            server_pid=pid,
-                        )
-                assert m.cpu_seconds is not None
-                cpu[name, count] = m.cpu_seconds
-        table.text(
-            f"CPU with no subscriber: bare {cpu['bare', 0] * 1e3:.0f} ms, "
-            f"ours {cpu['ours', 0] * 1e3:.0f} ms (the creates themselves)"
-        )
-        for count in args.cpu_subscribers:
-            deliveries = args.cpu_events * count
-            per = {
-                name: (cpu[name, count] - cpu[name, 0]) / deliveries * 1e6
-                for name in ("bare", "ours")
-            }
-            table.text(
-                f"{count} subscribers: bare {per['bare']:.1f} us/delivery, "
-                f"ours {per['ours']:.1f} us/delivery"
-            )
-            table.ratio(
-                f"CPU per delivery vs websockets.broadcast, N={count}",
-                per["ours"] / max(per["bare"], 1e-3),
-                1.5,
-            )
+    for count in args.subscribers:
+        rate = rate_for(count, args.rate)
+        events = events_for(count, args.events, args.rate, args.seconds)
+        table.text(f"{count} subscriber(s), {events} events at {rate:g}/s")
+        async with bare.subscribers(count) as subs:
+            base = await measure("bare", BareWriter(bare.publisher), subs, events=events, rate=rate)
+        async with ours.subscribers(count) as subs:
+            mine = await measure("ours", ours.writer(), subs, events=events, rate=rate)
+        table.latency("baseline: bare websockets.broadcast", base)
+        table.latency("server: HTTP create -> event frame", mine)
+        if count == 1:
+            ours_one = mine
+            table.ratio("p50 (absolute)", mine.p50, 3.0, " ms")
+            table.ratio("p99 (absolute)", mine.p99, 10.0, " ms")
+        table.ratio("p50 vs bare broadcast", mine.p50 / base.p50)
+        table.ratio("p99 vs bare broadcast", mine.p99 / base.p99)
     return ours_one
+
+
+async def _fan_out_cpu(table: Table, bare: Bare, ours: Kiiaren, args: argparse.Namespace) -> None:
+    cpu: dict[tuple[str, int], float] = {}
+    table.section(
+        f"2. fan-out CPU per delivery ({args.cpu_events} events at {args.cpu_rate:g}/s; "
+        "server CPU minus the same creates with no subscriber)"
+    )
+    for count in (0, *args.cpu_subscribers):
+        for name, target, writer, pid in (
+            ("bare", bare, BareWriter(bare.publisher), bare.server.pid),
+            ("ours", ours, ours.writer(), ours.writer_server.pid),
+        ):
+            # No subscriber: the cost of the creates (triggers) alone, subtracted below.
+            receivers = target.subscribers(count) if count else contextlib.nullcontext()
+            async with receivers as subs:
+                m = await measure(
+                    name, writer, subs, events=args.cpu_events, rate=args.cpu_rate, server_pid=pid
+                )
+            assert m.cpu_seconds is not None
+            cpu[name, count] = m.cpu_seconds
+    table.text(
+        f"CPU with no subscriber: bare {cpu['bare', 0] * 1e3:.0f} ms, "
+        f"ours {cpu['ours', 0] * 1e3:.0f} ms (the creates themselves)"
+    )
+    for count in args.cpu_subscribers:
+        deliveries = args.cpu_events * count
+        per = {
+            name: (cpu[name, count] - cpu[name, 0]) / deliveries * 1e6 for name in ("bare", "ours")
+        }
+        table.text(
+            f"{count} subscribers: bare {per['bare']:.1f} us/delivery, "
+            f"ours {per['ours']:.1f} us/delivery"
+        )
+        table.ratio(
+            f"CPU per delivery vs websockets.broadcast, N={count}",
+            per["ours"] / max(per["bare"], 1e-3),
+            1.5,
+        )
 
 
 async def across_processes(
@@ -661,26 +659,52 @@ async def idle_memory(
     """Section 4: fresh servers, so memory freed by earlier runs does not hide the growth."""
     table.section(f"4. memory of {args.idle} idle subscribed sockets on one worker (RSS growth)")
     per: dict[str, float] = {}
+    idle_cpu: dict[str, float] = {}
+    retries: dict[str, int] = {}
     warm = 50
     async with bare_broadcast() as bare:
-        per["bare"] = await _idle_growth(bare.server.pid, bare.subscribers, warm, args.idle)
+        per["bare"], idle_cpu["bare"], retries["bare"] = await _idle_growth(
+            bare.server.pid, bare.subscribers, warm, args.idle
+        )
     async with kiiaren(database_url, scratch) as ours:
-        per["ours"] = await _idle_growth(ours.reader_server.pid, ours.subscribers, warm, args.idle)
+        per["ours"], idle_cpu["ours"], retries["ours"] = await _idle_growth(
+            ours.reader_server.pid, ours.subscribers, warm, args.idle
+        )
     table.text(
         f"bare websockets: {per['bare'] / 1024:.1f} KiB per connection; "
         f"ours (authenticated + subscribed): {per['ours'] / 1024:.1f} KiB per connection"
     )
+    table.text(
+        f"server CPU while they idle: bare {idle_cpu['bare']:.0%} of a core, "
+        f"ours {idle_cpu['ours']:.0%} of a core"
+    )
+    if retries["ours"]:
+        table.text(
+            f"(opening them, the server shed {retries['ours']} subscribes with retry_after; "
+            "the clients backed off and retried)"
+        )
     table.ratio("memory per idle socket vs bare websockets", per["ours"] / per["bare"], 2.0)
 
 
-async def _idle_growth(pid: int, open_subscribers: Any, warm: int, count: int) -> float:
+IDLE_SETTLE_SECONDS = 5.0
+
+
+async def _idle_growth(
+    pid: int, open_subscribers: Any, warm: int, count: int
+) -> tuple[float, float, int]:
+    """RSS growth per socket of ``count`` idle sockets (after ``warm`` first ones), the
+    server's CPU use while they idle (cores), and how many subscribes it refused for load
+    while they opened."""
     async with open_subscribers(warm):
         await asyncio.sleep(0.5)
         before = rss_bytes(pid)
-        async with open_subscribers(count, per_process=IDLE_PER_CLIENT_PROCESS):
-            await asyncio.sleep(2.0)  # let the sockets settle (first pings, buffers)
+        async with open_subscribers(count, per_process=IDLE_PER_CLIENT_PROCESS) as subs:
+            started, cpu_before = time.monotonic(), cpu_seconds(pid)
+            await asyncio.sleep(IDLE_SETTLE_SECONDS)  # sockets settle (first pings, buffers)
+            idle_cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - started)
             after = rss_bytes(pid)
-    return (after - before) / count
+            retries: int = subs.retries
+    return (after - before) / count, idle_cpu, retries
 
 
 async def pocketbase_latency(
@@ -814,14 +838,16 @@ async def run(args: argparse.Namespace) -> Table:
     with tempfile.TemporaryDirectory(prefix="kiiaren-bench-rt-") as folder:
         scratch = Path(folder)
         with temporary_database(kind, args.database_url) as database_url:
-            ours_one = await same_process(table, database_url, scratch, args)
-            if args.database_url:
+            ours_one = None
+            if {1, 2} & args.sections:
+                ours_one = await same_process(table, database_url, scratch, args)
+            if 3 in args.sections and args.database_url:
                 await across_processes(table, database_url, scratch, args)
-            else:
+            elif 3 in args.sections:
                 table.section("3. across server processes: PostgreSQL only (--database-url)")
-            if args.idle:
+            if 4 in args.sections and args.idle:
                 await idle_memory(table, database_url, scratch, args)
-        if not args.skip_pocketbase:
+        if 5 in args.sections and not args.skip_pocketbase:
             await pocketbase_latency(table, scratch, args, ours_one)
     return table
 
@@ -843,8 +869,19 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--cpu-subscribers", type=_counts, default=list(CPU_SUBSCRIBERS))
     parser.add_argument("--cpu-events", type=int, default=60)
     parser.add_argument("--cpu-rate", type=float, default=10.0)
-    parser.add_argument("--idle", type=int, default=10_000, help="idle sockets (0: skip)")
+    parser.add_argument(
+        "--idle",
+        type=int,
+        default=2_000,
+        help="idle sockets for section 4 (0: skip; the goal names 10000, which takes long)",
+    )
     parser.add_argument("--skip-pocketbase", action="store_true")
+    parser.add_argument(
+        "--sections",
+        type=lambda text: set(_counts(text)),
+        default={1, 2, 3, 4, 5},
+        help="sections to run (default 1,2,3,4,5)",
+    )
     return parser.parse_args(argv)
 
 
