@@ -30,11 +30,12 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from bench._serve import Bootstrap, ServerProcess, bootstrap, kiiaren_server, message_body
+from bench._serve import Bootstrap, ServerProcess, bootstrap, message_body
 
 from kiiaren_core.errors import IdempotencyConflictError, KiiarenError
 from kiiaren_hosted import HostedProvider
 from tests._pg_instance import PostgresInstance, private_postgres, unavailable_reason
+from tests.server._server_process import server_process
 
 pytestmark = pytest.mark.anyio
 
@@ -63,9 +64,12 @@ def private_pg() -> Iterator[PostgresInstance]:
 async def running_server(
     pg: PostgresInstance, files: Path, env: dict[str, str] | None = None
 ) -> AsyncIterator[ServerProcess]:
-    """The bundled server in a subprocess on a fresh database of ``pg``, migrated, ready."""
+    """The bundled server in a subprocess on a fresh, migrated database of ``pg``, ready."""
+    from kiiaren_selfhost import migrate
+
     database_url = pg.create_database("kiiaren")
-    with kiiaren_server(database_url, files_dir=files, extra_env=env) as server:
+    await migrate(database_url)
+    with server_process(database_url, files, env) as server:
         yield server
 
 

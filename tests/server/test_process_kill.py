@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,12 +25,16 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from bench._serve import ServerProcess, bootstrap, kiiaren_server
+from bench._serve import ServerProcess, bootstrap
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
+from tests.server._server_process import server_process
+
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+logger = logging.getLogger(__name__)
 
 PROCESSES = 3
 SUBSCRIBERS_PER_PROCESS = 2
@@ -59,9 +64,7 @@ class Cluster:
 def cluster(database_url: str, files: Path) -> Iterator[Cluster]:
     """The servers, started side by side (each start is seconds of imports); all stopped
     at the end, also when one failed to start. The database must be migrated already."""
-    managers = [
-        kiiaren_server(database_url, files_dir=files / str(index)) for index in range(PROCESSES)
-    ]
+    managers = [server_process(database_url, files / str(index)) for index in range(PROCESSES)]
     with contextlib.ExitStack() as stack:
         with ThreadPoolExecutor(PROCESSES) as pool:
             started = [pool.submit(manager.__enter__) for manager in managers]
@@ -237,6 +240,13 @@ async def test_one_server_process_killed_mid_run(postgres_url: str, tmp_path: Pa
                     await anyio.sleep(0.05)
             stop.set()
             tasks.cancel_scope.cancel()
+    logger.info(  # shown on failure
+        "acknowledged %d, locked out %d, final seq %d, reconnects %s",
+        writes.acknowledged,
+        len(writes.locked_out),
+        final,
+        [subscriber.reconnects for subscriber in subscribers],
+    )
     assert not writes.failures, writes.failures[:5]
     assert writes.acknowledged + len(writes.locked_out) == WRITERS * EVENTS_PER_WRITER
     for subscriber in subscribers:
