@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -41,6 +42,9 @@ _ACCESS_TYPE: Final = "access"
 # An HS256 token carrying our claims is ~350 bytes; anything far larger is refused unparsed.
 _MAX_TOKEN_LENGTH: Final = 4096
 _INVALID_MESSAGE: Final = "Invalid or expired access token. Please sign in."
+# Verified tokens remembered per service (a view presents the same token on every call);
+# past this many the memory is simply cleared, which costs one full verification each.
+_VERIFIED_CACHE_SIZE: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,11 @@ class TokenService:
         self._audience = audience
         self._ttl = ttl
         self._leeway = leeway
+        # token -> (claims, exp claim): a token that verified once verifies again, with the
+        # same claims, until it expires; only the expiry depends on the clock (``nbf`` and
+        # ``iat`` were checked against an earlier time and stay satisfied). Never holds a
+        # token that failed.
+        self._verified: dict[str, tuple[AccessClaims, float]] = {}
 
     @classmethod
     def from_settings(cls, settings: SelfHostSettings, secret: bytes) -> TokenService:
@@ -157,11 +166,30 @@ class TokenService:
         audience or issuer, ``typ`` other than ``"access"``, an expired or not-yet-valid
         token (beyond the leeway), and anything that is not a JWS at all.
 
+        A token that verified before is answered from memory (signature and claims checks
+        are deterministic for one key), with its expiry checked again against the clock
+        exactly as on the first verification.
+
         Raises:
             NotAuthenticatedError: for every defect, with one message that does not say which.
         """
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_LENGTH:
             raise NotAuthenticatedError(_INVALID_MESSAGE)
+        known = self._verified.get(token)
+        if known is not None:
+            claims, expires = known
+            if expires > time.time() - self._leeway:  # PyJWT: expired when exp <= now - leeway
+                return claims
+            del self._verified[token]
+            raise NotAuthenticatedError(_INVALID_MESSAGE)
+        claims, expires = self._verify(token)
+        if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (claims, expires)
+        return claims
+
+    def _verify(self, token: str) -> tuple[AccessClaims, float]:
+        """The full verification (see :meth:`verify_access_token`); claims and ``exp``."""
         try:
             payload = jwt.decode(
                 token,
@@ -198,12 +226,13 @@ class TokenService:
             or not isinstance(expires_at, int | float)
         ):
             raise NotAuthenticatedError(_INVALID_MESSAGE)
-        return AccessClaims(
+        claims = AccessClaims(
             user_id=user_id,
             session_id=session_id,
             issued_at=datetime.fromtimestamp(issued_at, UTC),
             expires_at=datetime.fromtimestamp(expires_at, UTC),
         )
+        return claims, float(expires_at)
 
 
 def new_opaque_token() -> str:
