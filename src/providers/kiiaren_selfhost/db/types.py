@@ -26,6 +26,7 @@ __all__ = [
     "UTCDateTime",
     "UUIDString",
     "canonical_id",
+    "hyphenate_id",
     "new_id",
     "ordered_pair",
     "utcnow",
@@ -105,6 +106,15 @@ class UUIDString(sa.types.TypeDecorator[str]):
 
 def _hyphenate(value: str | None) -> str | None:
     if value is None or len(value) != 32:
+        return value
+    return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+
+
+def hyphenate_id(value: str) -> str:
+    """An id read from our own rows outside the column type (e.g. inside JSON built by the
+    database) in canonical form: SQLite's 32 hex digits get their hyphens, canonical ids
+    (PostgreSQL) pass unchanged."""
+    if len(value) != 32:
         return value
     return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
 

@@ -5,11 +5,16 @@ Visibility: a message is visible to the members of its workspace, and a message 
 conversation (or a reply in one) only to the conversation's two participants. Anything else
 behaves like a missing message.
 
-The read model of a page is built in a constant number of queries whatever the page size:
-the page itself, joined with its authors (member and user) and carrying each message's thread
-summary (correlated subqueries over the ``(parent_message_id, created_at, id)`` index), and
-one query for every reaction of the page's messages. A page is a keyset slice over
-``(created_at, id)``, newest first, with an opaque cursor.
+The read model of a page is one statement whatever the page size: the page, joined with
+the caller's live session and membership (authorisation), its authors (member and user),
+and carrying each message's reactions (a JSON aggregate) and thread summary (correlated
+subqueries over the ``(parent_message_id, created_at, id)`` index). A page is a keyset
+slice over ``(created_at, id)``, newest first, with an opaque cursor. Creating a message
+is one read of the caller's session, membership and context, the insert, and the event log
+(its counter and row: one statement on PostgreSQL, two on SQLite).
+
+Rows read back from our own tables become models without validation (``model_construct``):
+the column types already produced the values the models hold; input is validated.
 
 The statements are built once at import (values go in as bound parameters), so a request
 pays for execution, not for constructing SQL.
@@ -21,10 +26,8 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -39,6 +42,7 @@ from kiiaren_core.errors import (
 )
 from kiiaren_core.events import MessageCreatedPayload
 from kiiaren_core.models import (
+    Member,
     Message,
     Page,
     ReactionGroup,
@@ -49,10 +53,16 @@ from kiiaren_core.models import (
 from kiiaren_core.validation import validate_message_body, validate_reaction
 from kiiaren_selfhost.clock import utcnow
 from kiiaren_selfhost.db import tables as t
+from kiiaren_selfhost.db.types import hyphenate_id
 from kiiaren_selfhost.domain._access import Membership, as_id
 from kiiaren_selfhost.domain._content import attach_image, settle_upload
 from kiiaren_selfhost.domain._unit import Mutation, Store
-from kiiaren_selfhost.domain._views import MEMBER_COLUMNS, member_from_row
+from kiiaren_selfhost.domain._views import (
+    MEMBER_COLUMNS,
+    TrustedBuilder,
+    member_from_row,
+    member_model,
+)
 from kiiaren_selfhost.domain.members import delete_messages_where
 
 __all__ = [
@@ -78,10 +88,50 @@ _viewer = t.members.alias("viewer")
 _cv = t.conversations
 
 
-def _read_model_query(src: Any, *, threads: bool) -> tuple[list[Any], Any]:
+def _reaction_list(src: Any, dialect: str) -> Any:
+    """A correlated subquery: the reactions of the message ``src.c.id`` as JSON text,
+    ``[[value, member_id], ...]`` in ``(created_at, id)`` order (``NULL`` or ``[]`` for none).
+
+    PostgreSQL orders inside the aggregate; SQLite (no ``ORDER BY`` in aggregates before
+    3.44) aggregates an ordered subquery, which it never flattens into an aggregate.
+    """
+    r = t.reactions
+    if dialect == "postgresql":
+        aggregated = sa.func.json_agg(
+            postgresql.aggregate_order_by(
+                sa.func.json_build_array(r.c.value, r.c.member_id), r.c.created_at, r.c.id
+            )
+        )
+        return (
+            sa.select(sa.cast(aggregated, sa.Text()))
+            .where(r.c.message_id == src.c.id)
+            .scalar_subquery()
+        )
+    ordered = (
+        sa.select(r.c.value, r.c.member_id)
+        .where(r.c.message_id == src.c.id)
+        .order_by(r.c.created_at, r.c.id)
+        .correlate(src)
+        .subquery("reaction_rows")
+    )
+    return (
+        sa.select(
+            sa.func.json_group_array(
+                sa.func.json_array(ordered.c.value, ordered.c.member_id), type_=sa.Text()
+            )
+        )
+        .select_from(ordered)
+        .scalar_subquery()
+    )
+
+
+def _read_model_query(
+    src: Any, *, threads: bool, reactions: bool, dialect: str
+) -> tuple[list[Any], Any]:
     """The columns and FROM clause of the read model of the messages in ``src`` (the
     messages table, or a subquery of its rows): each message with its author's member and
-    user columns (see :func:`_message`) and, with ``threads``, its thread summary.
+    user columns (see :func:`_message`), with ``reactions`` its reactions (JSON text, see
+    :func:`_reaction_list`) and with ``threads`` its thread summary.
 
     The summary is computed per message of ``src`` by correlated subqueries over the
     ``(parent_message_id, created_at, id)`` index: the reply count, and the newest reply
@@ -109,6 +159,8 @@ def _read_model_query(src: Any, *, threads: bool) -> tuple[list[Any], Any]:
     source = src.join(author, author.c.id == src.c.member_id).join(
         author_user, author_user.c.id == author.c.user_id
     )
+    if reactions:
+        columns.append(_reaction_list(src, dialect).label("reactions_json"))
     if threads:
         reply, last_reply = t.messages.alias("reply"), t.messages.alias("last_reply")
         replier, replier_user = t.members.alias("replier"), t.users.alias("replier_user")
@@ -136,11 +188,26 @@ def _read_model_query(src: Any, *, threads: bool) -> tuple[list[Any], Any]:
     return columns, source
 
 
-def _with_viewer(source: Any, src: Any) -> tuple[list[Any], Any]:
+_session = t.auth_sessions
+
+
+def _live_session(user_id: Any) -> Any:
+    """Join condition: the caller's session (bound: ``session_id``, ``now``) is live, i.e.
+    exactly what :func:`kiiaren_selfhost.session.check_session` checks."""
+    return sa.and_(
+        _session.c.id == sa.bindparam("session_id", type_=_session.c.id.type),
+        _session.c.user_id == user_id,
+        _session.c.revoked_at.is_(None),
+        _session.c.expires_at > sa.bindparam("now", type_=_session.c.expires_at.type),
+    )
+
+
+def _with_viewer(source: Any, src: Any, *, session: bool = False) -> tuple[list[Any], Any]:
     """Join the caller's membership of each message's workspace (bound: ``user_id``) and the
     message's conversation onto ``source``: messages of workspaces the caller is not a member
-    of drop out. Returns the added columns (``viewer_id``, ``viewer_role`` and the
-    conversation's two members) and the new FROM clause."""
+    of drop out. With ``session``, the caller's live session too (see :func:`_live_session`):
+    no rows at all when it has ended. Returns the added columns (``viewer_id``,
+    ``viewer_role`` and the conversation's two members) and the new FROM clause."""
     columns = [
         _viewer.c.id.label("viewer_id"),
         _viewer.c.role.label("viewer_role"),
@@ -154,17 +221,20 @@ def _with_viewer(source: Any, src: Any) -> tuple[list[Any], Any]:
             _viewer.c.user_id == sa.bindparam("user_id"),
         ),
     ).outerjoin(_cv, _cv.c.id == src.c.conversation_id)
+    if session:
+        source = source.join(_session, _live_session(_viewer.c.user_id))
     return columns, source
 
 
-def _page_statement(context: str) -> sa.Select[Any]:
+def _page_statement(context: str, dialect: str) -> sa.Select[Any]:
     """A page of the messages of a channel or conversation (top level) or of a parent (its
     replies), with their read model, as the caller may see it.
 
     Bound: ``key`` (the context's id), ``before_at`` / ``before_id`` (the keyset position),
-    ``size``, ``user_id``. Newest first. Rows the caller may not read (not a member of the
-    workspace, or not a participant of the conversation) are dropped, so an outsider gets
-    no rows: one statement does both the authorisation and the read.
+    ``size``, ``user_id``, ``session_id``, ``now``. Newest first. Rows the caller may not
+    read (not a member of the workspace, or not a participant of the conversation) are
+    dropped, and so is every row when the caller's session has ended: one statement does
+    the session check, the authorisation and the read, reactions included.
 
     The page is cut in a subquery first, so authors, thread summaries and the caller's
     standing are looked up for the page's rows only, whatever plan the database picks for
@@ -190,8 +260,10 @@ def _page_statement(context: str) -> sa.Select[Any]:
         .subquery("page")
     )
     # Replies cannot have replies: their thread summary is always empty.
-    columns, source = _read_model_query(page, threads=context != "parent")
-    viewer_columns, source = _with_viewer(source, page)
+    columns, source = _read_model_query(
+        page, threads=context != "parent", reactions=True, dialect=dialect
+    )
+    viewer_columns, source = _with_viewer(source, page, session=True)
     return (
         sa.select(*columns, *viewer_columns)
         .select_from(source)
@@ -206,8 +278,12 @@ def _page_statement(context: str) -> sa.Select[Any]:
     )
 
 
+_DIALECTS: Final = ("postgresql", "sqlite")
+
 _PAGES: Final = {
-    context: _page_statement(context) for context in ("channel", "conversation", "parent")
+    (dialect, context): _page_statement(context, dialect)
+    for dialect in _DIALECTS
+    for context in ("channel", "conversation", "parent")
 }
 
 # The first page starts after the newest possible position (the keyset condition stays, so
@@ -218,10 +294,11 @@ _FIRST_POSITION: Final = (
 )
 
 
-def _find_statement(*, threads: bool) -> sa.Select[Any]:
-    """One message (bound: ``key``) with its read model, the caller's membership of its
-    workspace and its conversation's members (bound: ``user_id``); no row for outsiders."""
-    columns, source = _read_model_query(_m, threads=threads)
+def _find_statement(*, threads: bool, dialect: str) -> sa.Select[Any]:
+    """One message (bound: ``key``) with, when ``threads``, its whole read model (reactions
+    and thread summary), the caller's membership of its workspace and its conversation's
+    members (bound: ``user_id``); no row for outsiders."""
+    columns, source = _read_model_query(_m, threads=threads, reactions=threads, dialect=dialect)
     viewer_columns, source = _with_viewer(source, _m)
     return (
         sa.select(*columns, *viewer_columns)
@@ -230,14 +307,12 @@ def _find_statement(*, threads: bool) -> sa.Select[Any]:
     )
 
 
-_FIND: Final = _find_statement(threads=False)
-_FIND_WITH_THREAD: Final = _find_statement(threads=True)
-
-_REACTIONS: Final = (
-    sa.select(t.reactions.c.message_id, t.reactions.c.value, t.reactions.c.member_id)
-    .where(t.reactions.c.message_id.in_(sa.bindparam("ids", expanding=True)))
-    .order_by(t.reactions.c.created_at, t.reactions.c.id)
-)
+# The statement without the thread summary reads no reactions either, and is the same on
+# both databases.
+_FIND: Final = _find_statement(threads=False, dialect="sqlite")
+_FIND_WITH_THREAD: Final = {
+    dialect: _find_statement(threads=True, dialect=dialect) for dialect in _DIALECTS
+}
 
 
 def _opt(value: Any) -> str | None:
@@ -273,79 +348,132 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 # --- read model -----------------------------------------------------------------------------
 
 
+_NO_THREAD: Final = ThreadSummary()
+_THREAD: Final = TrustedBuilder(
+    ThreadSummary, ("count", "last_reply_at", "last_replier_name", "last_replier_image")
+)
+_GROUP: Final = TrustedBuilder(ReactionGroup, ("value", "count", "member_ids"))
+_READ_MODEL_FIELDS: Final = (
+    "id",
+    "workspace_id",
+    "member_id",
+    "body",
+    "channel_id",
+    "conversation_id",
+    "parent_message_id",
+    "image_id",
+    "created_at",
+    "updated_at",
+    "member",
+    "reactions",
+    "thread",
+)
+_READ_MODEL: Final = TrustedBuilder(Message, _READ_MODEL_FIELDS)
+"""A message of a page or ``get_by_id`` (``image_url`` is left to the client)."""
+_CREATED: Final = TrustedBuilder(
+    Message,
+    [name for name in _READ_MODEL_FIELDS if name not in ("updated_at", "reactions", "thread")],
+)
+"""A message as ``create`` returns it (no update, reactions or replies yet)."""
+
+
+def _created(
+    message_id: str,
+    workspace_id: str,
+    body: str,
+    channel_id: str | None,
+    conversation_id: str | None,
+    parent_message_id: str | None,
+    image_id: str | None,
+    created_at: datetime,
+    member: Member,
+) -> Message:
+    return _CREATED(  # type: ignore[no-any-return]
+        {
+            "id": message_id,
+            "workspace_id": workspace_id,
+            "member_id": member.id,
+            "body": body,
+            "channel_id": channel_id,
+            "conversation_id": conversation_id,
+            "parent_message_id": parent_message_id,
+            "image_id": image_id,
+            "image_url": None,
+            "created_at": created_at,
+            "updated_at": None,
+            "member": member,
+            "reactions": (),
+            "thread": _NO_THREAD,
+        }
+    )
+
+
 def _thread(row: Any) -> ThreadSummary:
     """The thread summary of a read-model row (empty for rows without summary columns)."""
     count = getattr(row, "thread_count", 0)
     if not count:
-        return ThreadSummary()
-    return ThreadSummary(
-        count=count,
-        last_reply_at=row.thread_last_at,
-        last_replier_name=row.thread_name,
-        last_replier_image=row.thread_image,
+        return _NO_THREAD
+    return _THREAD(  # type: ignore[no-any-return]
+        {
+            "count": count,
+            "last_reply_at": row.thread_last_at,
+            "last_replier_name": row.thread_name,
+            "last_replier_image": row.thread_image,
+        }
     )
 
 
-def _message(row: Any, viewer: Membership, reactions: tuple[ReactionGroup, ...] = ()) -> Message:
+def _reactions(reactions_json: str | None) -> tuple[ReactionGroup, ...]:
+    """Reactions grouped by value in first-seen order, member ids deduplicated in order,
+    from :func:`_reaction_list`'s JSON (SQLite yields ids as 32 hex digits)."""
+    if not reactions_json or reactions_json == "[]":
+        return ()
+    # dicts keep insertion order: first-seen values, and member ids deduplicated in order.
+    grouped: dict[str, dict[str, None]] = {}
+    for value, member_id in json.loads(reactions_json):
+        grouped.setdefault(value, {})[hyphenate_id(member_id)] = None
+    return tuple(
+        _GROUP({"value": value, "count": len(members), "member_ids": tuple(members)})
+        for value, members in grouped.items()
+    )
+
+
+def _message(row: Any, viewer: Membership) -> Message:
     """A read-model row (see :func:`_read_model_query`) as the viewer sees it.
 
     The author's email is shown to admin viewers and to the author; ``image_url`` is left
-    None: clients resolve ``image_id`` through ``storage.get_url``.
+    None: clients resolve ``image_id`` through ``storage.get_url``. The models are built
+    without validation: every value comes from our own rows, typed by the column types.
     """
-    author = member_from_row(
-        SimpleNamespace(
-            id=row.member_id,
-            user_id=row.author_user_id,
-            workspace_id=row.workspace_id,
-            role=row.author_role,
-            joined_at=row.author_joined_at,
-            user_name=row.author_name,
-            user_image=row.author_image,
-            user_email=row.author_email,
-        ),
-        show_email=viewer.is_admin or viewer.member_id == str(row.member_id),
+    member_id = row.member_id
+    author = member_model(
+        member_id,
+        row.author_user_id,
+        row.workspace_id,
+        row.author_role,
+        row.author_joined_at,
+        row.author_name,
+        row.author_image,
+        row.author_email if viewer.is_admin or viewer.member_id == member_id else None,
     )
-    return Message(
-        id=str(row.id),
-        workspace_id=str(row.workspace_id),
-        member_id=str(row.member_id),
-        body=row.body,
-        channel_id=_opt(row.channel_id),
-        conversation_id=_opt(row.conversation_id),
-        parent_message_id=_opt(row.parent_message_id),
-        image_id=_opt(row.image_id),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        member=author,
-        reactions=reactions,
-        thread=_thread(row),
+    return _READ_MODEL(  # type: ignore[no-any-return]
+        {
+            "id": row.id,
+            "workspace_id": row.workspace_id,
+            "member_id": member_id,
+            "body": row.body,
+            "channel_id": row.channel_id,
+            "conversation_id": row.conversation_id,
+            "parent_message_id": row.parent_message_id,
+            "image_id": row.image_id,
+            "image_url": None,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+            "member": author,
+            "reactions": _reactions(getattr(row, "reactions_json", None)),
+            "thread": _thread(row),
+        }
     )
-
-
-async def _read_models(
-    conn: AsyncConnection, rows: Sequence[Any], viewer: Membership
-) -> list[Message]:
-    """The read model of message rows: one more query, for their reactions grouped by value
-    in first-seen order (member ids deduplicated in order)."""
-    if not rows:
-        return []
-    grouped: dict[str, dict[str, dict[str, None]]] = {}
-    for message_id, value, member_id in await conn.execute(
-        _REACTIONS, {"ids": [str(row.id) for row in rows]}
-    ):
-        # dicts keep insertion order: first-seen values, and member ids deduplicated in order.
-        grouped.setdefault(str(message_id), {}).setdefault(value, {})[str(member_id)] = None
-    return [
-        _message(
-            row,
-            viewer,
-            tuple(
-                ReactionGroup(value=value, count=len(members), member_ids=tuple(members))
-                for value, members in grouped.get(str(row.id), {}).items()
-            ),
-        )
-        for row in rows
-    ]
 
 
 # --- visibility -----------------------------------------------------------------------------
@@ -372,7 +500,8 @@ async def _find_message(
         return None
     row = (
         await conn.execute(
-            _FIND_WITH_THREAD if threads else _FIND, {"key": key, "user_id": user_id}
+            _FIND_WITH_THREAD[conn.dialect.name] if threads else _FIND,
+            {"key": key, "user_id": user_id},
         )
     ).one_or_none()
     if row is None:
@@ -402,10 +531,13 @@ async def _require_visible(tx: Mutation, message_id: str, *, threads: bool = Fal
 def _context_statement(kind: str) -> sa.Select[Any]:
     """The caller's member row (:data:`MEMBER_COLUMNS`) with the context a new message
     goes into, joined only when it is in the same workspace (bound: ``workspace_id``,
-    ``user_id``, ``ctx``; a NULL ``ctx`` matches nothing)."""
+    ``user_id``, ``ctx``; a NULL ``ctx`` matches nothing), while the caller's session is
+    live (bound: ``session_id``, ``now``; no row once it has ended)."""
     me = t.members
     columns: list[Any] = list(MEMBER_COLUMNS)
-    source: Any = me.join(t.users, t.users.c.id == me.c.user_id)
+    source: Any = me.join(t.users, t.users.c.id == me.c.user_id).join(
+        _session, _live_session(me.c.user_id)
+    )
     if kind == "parent":
         parent = t.messages.alias("parent")
         source = source.outerjoin(
@@ -448,6 +580,55 @@ def _context_statement(kind: str) -> sa.Select[Any]:
 _CONTEXTS: Final = {
     kind: _context_statement(kind) for kind in ("parent", "channel", "conversation")
 }
+
+_e = t.events
+_POST_IN_CHANNEL_PG: Final = (
+    # PostgreSQL runs data-modifying CTEs: the whole create is this one statement.
+    sa.text(
+        "WITH me AS ("
+        " SELECT m.id, m.user_id, m.workspace_id, m.role, m.joined_at,"
+        " u.name AS user_name, u.image AS user_image, u.email AS user_email"
+        " FROM members AS m JOIN users AS u ON u.id = m.user_id"
+        " JOIN auth_sessions AS s ON s.id = :session_id AND s.user_id = m.user_id"
+        " AND s.revoked_at IS NULL AND s.expires_at > :now"
+        " JOIN channels AS c ON c.id = :channel_id AND c.workspace_id = m.workspace_id"
+        " WHERE m.workspace_id = :workspace_id AND m.user_id = :user_id),"
+        " written AS ("
+        " INSERT INTO messages (id, workspace_id, member_id, channel_id, body, created_at)"
+        " SELECT :message_id, me.workspace_id, me.id, :channel_id, :body, :created_at FROM me"
+        " RETURNING workspace_id),"
+        " bumped AS ("
+        " UPDATE event_streams SET last_seq = last_seq + 1"
+        " WHERE workspace_id = (SELECT workspace_id FROM written) RETURNING last_seq),"
+        " logged AS ("
+        " INSERT INTO events (workspace_id, seq, id, type, actor_id, payload, created_at)"
+        " SELECT :workspace_id, bumped.last_seq, :event_id, :event_type, :user_id,"
+        " :payload, :event_at FROM bumped RETURNING seq)"
+        " SELECT me.*, (SELECT seq FROM logged) AS seq FROM me"
+    )
+    .bindparams(
+        sa.bindparam("session_id", type_=t.auth_sessions.c.id.type),
+        sa.bindparam("now", type_=t.auth_sessions.c.expires_at.type),
+        sa.bindparam("channel_id", type_=_m.c.channel_id.type),
+        sa.bindparam("workspace_id", type_=_m.c.workspace_id.type),
+        sa.bindparam("user_id", type_=t.members.c.user_id.type),
+        sa.bindparam("message_id", type_=_m.c.id.type),
+        sa.bindparam("body", type_=_m.c.body.type),
+        sa.bindparam("created_at", type_=_m.c.created_at.type),
+        sa.bindparam("event_id", type_=_e.c.id.type),
+        sa.bindparam("event_type", type_=_e.c.type.type),
+        sa.bindparam("payload", type_=_e.c.payload.type),
+        sa.bindparam("event_at", type_=_e.c.created_at.type),
+    )
+    .columns(*MEMBER_COLUMNS, _e.c.seq)
+)
+"""A message in a channel, its ``message.created`` event logged with the next seq, in one
+statement that checks the caller's live session, membership and the channel (bound as
+named). Returns the caller's member row (:data:`MEMBER_COLUMNS`) and the event's ``seq``
+(NULL when the stream has no row yet: nothing logged), or no row and no write when any
+check fails: the caller then takes the general path, which says why."""
+
+_INSERT_MESSAGE: Final = _m.insert()
 
 
 # --- stores ---------------------------------------------------------------------------------
@@ -503,12 +684,24 @@ class MessageStoreImpl(Store):
                 )
         if image_id is not None:
             await settle_upload(self._rt, image_id, field="image_id")
-        async with self.mutation() as tx:
+        elif (
+            channel_id is not None
+            and parent_message_id is None
+            and self._rt.db.dialect_name == "postgresql"
+        ):
+            posted = await self._post_in_channel(workspace_id, channel_id, body)
+            if posted is not None:
+                return posted
+            # Refused: the general path below finds out why.
+        async with self.mutation(session_in_statement=True) as tx:
             row = await self._context(
                 tx, workspace_id, channel_id, conversation_id, parent_message_id
             )
+            assert tx.session is not None
             if row is None:
+                await tx.session.confirm()  # an ended session also reads as no row
                 raise NotFoundError(WORKSPACE_NOT_FOUND)
+            tx.session.seen()
             me = Membership(str(row.id), str(row.workspace_id), tx.user_id, Role(row.role))
             parent_key: str | None = None
             if parent_message_id is not None:
@@ -534,17 +727,18 @@ class MessageStoreImpl(Store):
             now = utcnow()
             message_id = str(uuid.uuid4())
             await tx.conn.execute(
-                _m.insert().values(
-                    id=message_id,
-                    workspace_id=me.workspace_id,
-                    member_id=me.member_id,
-                    channel_id=channel_key,
-                    conversation_id=conversation_key,
-                    parent_message_id=parent_key,
-                    body=body,
-                    image_id=image_key,
-                    created_at=now,
-                )
+                _INSERT_MESSAGE,
+                {
+                    "id": message_id,
+                    "workspace_id": me.workspace_id,
+                    "member_id": me.member_id,
+                    "channel_id": channel_key,
+                    "conversation_id": conversation_key,
+                    "parent_message_id": parent_key,
+                    "body": body,
+                    "image_id": image_key,
+                    "created_at": now,
+                },
             )
             tx.emit(
                 me.workspace_id,
@@ -560,17 +754,77 @@ class MessageStoreImpl(Store):
             )
             tx.audit("message.create", "message", message_id, me.workspace_id)
             tx.index("message", message_id, me.workspace_id, body)
-        return Message(
-            id=message_id,
-            workspace_id=me.workspace_id,
-            member_id=me.member_id,
-            body=body,
-            channel_id=channel_key,
-            conversation_id=conversation_key,
-            parent_message_id=parent_key,
-            image_id=image_key,
-            created_at=now,
-            member=member_from_row(row, show_email=True),
+        return _created(
+            message_id,
+            me.workspace_id,
+            body,
+            channel_key,
+            conversation_key,
+            parent_key,
+            image_key,
+            now,
+            member_from_row(row, show_email=True),
+        )
+
+    async def _post_in_channel(
+        self, workspace_id: str, channel_id: str, body: str
+    ) -> Message | None:
+        """PostgreSQL: a plain channel message as one statement (:data:`_POST_IN_CHANNEL_PG`);
+        None, with nothing written, when a check fails (the session included)."""
+        workspace_key, channel_key = as_id(workspace_id), as_id(channel_id)
+        if workspace_key is None or channel_key is None:
+            return None
+        async with self.mutation(session_in_statement=True) as tx:
+            assert tx.session is not None
+            message_id, now = str(uuid.uuid4()), utcnow()
+            event = tx.new_event(
+                workspace_key,
+                "message.created",
+                MessageCreatedPayload(
+                    message_id=message_id,
+                    channel_id=channel_key,
+                    conversation_id=None,
+                    parent_message_id=None,
+                    body=body,
+                    has_attachment=False,
+                ),
+            )
+            row = (
+                await tx.conn.execute(
+                    _POST_IN_CHANNEL_PG,
+                    {
+                        "session_id": tx.session.session_id,
+                        "now": tx.session.now,
+                        "channel_id": channel_key,
+                        "workspace_id": workspace_key,
+                        "user_id": tx.user_id,
+                        "message_id": message_id,
+                        "body": body,
+                        "created_at": now,
+                        "event_id": event.id,
+                        "event_type": event.type,
+                        "payload": event.model_dump(mode="json")["payload"],
+                        "event_at": event.timestamp,
+                    },
+                )
+            ).one_or_none()
+            if row is None:
+                tx.session.seen()  # nothing written; the general path checks everything
+                return None
+            tx.session.seen()
+            tx.logged_with(event, row.seq)
+            tx.audit("message.create", "message", message_id, workspace_key)
+            tx.index("message", message_id, workspace_key, body)
+        return _created(
+            message_id,
+            workspace_key,
+            body,
+            channel_key,
+            None,
+            None,
+            None,
+            now,
+            member_from_row(row, show_email=True),
         )
 
     @staticmethod
@@ -581,14 +835,16 @@ class MessageStoreImpl(Store):
         conversation_id: str | None,
         parent_message_id: str | None,
     ) -> Any:
-        """The caller's member row and the context it posts into (one query): the parent
-        when given, else the channel, else the conversation with its two members.
+        """The caller's member row and the context it posts into (one query, which also
+        checks the session: ``tx.session``): the parent when given, else the channel, else
+        the conversation with its two members.
 
         A foreign or malformed id reads exactly like a missing one (its ``ctx_*`` columns
-        are NULL). None when the caller is not a member of the workspace.
+        are NULL). None when the caller is not a member of the workspace, or the session
+        has ended.
         """
         workspace_key = as_id(workspace_id)
-        if workspace_key is None:
+        if workspace_key is None or tx.session is None:
             return None
         given: str | None
         if parent_message_id is not None:
@@ -597,7 +853,13 @@ class MessageStoreImpl(Store):
             kind, given = "channel", channel_id
         else:
             kind, given = "conversation", conversation_id
-        parameters = {"workspace_id": workspace_key, "user_id": tx.user_id, "ctx": as_id(given)}
+        parameters = {
+            "workspace_id": workspace_key,
+            "user_id": tx.user_id,
+            "ctx": as_id(given),
+            "session_id": tx.session.session_id,
+            "now": tx.session.now,
+        }
         return (await tx.conn.execute(_CONTEXTS[kind], parameters)).one_or_none()
 
     @staticmethod
@@ -670,18 +932,24 @@ class MessageStoreImpl(Store):
         else:
             context, given = "conversation", conversation_id
         key = as_id(given)
-        async with self.query() as q:
+        async with self.session_query() as q:
             if key is None:
+                await q.session.confirm()
                 return Page(items=())
             parameters = {
                 "key": key,
-                "user_id": q.user_id,
                 "before_at": before_at,
                 "before_id": before_id,
                 "size": size + 1,  # one row more than asked tells whether a page follows
+                **q.bind(),
             }
-            rows = (await q.conn.execute(_PAGES[context], parameters)).all()
-            if not rows or (
+            statement = _PAGES[q.conn.dialect.name, context]
+            rows = (await q.conn.execute(statement, parameters)).all()
+            if not rows:
+                await q.session.confirm()  # an ended session also reads as no rows
+                return Page(items=())
+            q.session.seen()
+            if (
                 # Replies share their parent's context: one that contradicts it matches none.
                 context == "parent"
                 and (
@@ -693,14 +961,11 @@ class MessageStoreImpl(Store):
                 )
             ):
                 return Page(items=())
-            first = rows[0]
-            viewer = Membership(
-                str(first.viewer_id),
-                str(first.workspace_id),
-                str(q.user_id),
-                Role(first.viewer_role),
-            )
-            items = await _read_models(q.conn, rows[:size], viewer)
+        first = rows[0]
+        viewer = Membership(
+            str(first.viewer_id), str(first.workspace_id), q.user_id, Role(first.viewer_role)
+        )
+        items = [_message(row, viewer) for row in rows[:size]]
         if len(rows) <= size:
             return Page(items=tuple(items))
         last = items[-1]
@@ -715,8 +980,7 @@ class MessageStoreImpl(Store):
             found = await _visible_message(q.conn, message_id, q.user_id, threads=True)
             if found is None:
                 return None
-            (message,) = await _read_models(q.conn, [found.row], found.viewer)
-        return message
+        return _message(found.row, found.viewer)
 
     async def update(self, message_id: str, *, body: str) -> Message:
         """Replace the body (the author only); sets ``updated_at``, emits
@@ -739,7 +1003,7 @@ class MessageStoreImpl(Store):
             tx.emit(workspace_key, "message.updated", {"message_id": key, "body": body})
             tx.audit("message.update", "message", key, workspace_key)
             tx.index("message", key, workspace_key, body)
-            (message,) = await _read_models(tx.conn, [found.row], found.viewer)
+            message = _message(found.row, found.viewer)
         return message.model_copy(update={"body": body, "updated_at": now})
 
     async def remove(self, message_id: str) -> None:
