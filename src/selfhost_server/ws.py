@@ -536,15 +536,20 @@ class _Connection:
             self._queue.put_nowait(text)
         except asyncio.QueueFull:
             return False
+        self._ensure_writer()
+        return True
+
+    def _ensure_writer(self) -> None:
         if self._writer is None:
             self._writer = self._spawn(self._write_loop(), "writer")
-        return True
 
     async def _deliver(self, text: str) -> None:
         """Send a frame in order, waiting while the queue is full (back-pressure)."""
         if not self._offer(text):
             assert self._queue is not None  # _offer refuses only when it is full
-            await self._queue.put(text)  # a full queue has a writer draining it
+            await self._queue.put(text)
+            # The writer that made room may have emptied the queue and ended meanwhile.
+            self._ensure_writer()
 
     async def _write_loop(self) -> None:
         """Drain the queue behind any in-flight write, then end (restarted on demand)."""
