@@ -17,6 +17,7 @@ the benchmark creates its own database there and drops it afterwards.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import statistics
 import tempfile
@@ -280,6 +281,8 @@ async def run(url: str, seconds: float, storage: Path) -> None:
 
         backend = make_url(url).get_backend_name()
         print(f"messages benchmark on {backend}, {seconds:g} s per measurement, 1 task")
+        # The ratios hold on a busy machine only roughly: say how busy it was.
+        print(f"  load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
         raw_created = await measure(
             "create: raw BEGIN+INSERT..RETURNING+COMMIT", raw_create, seconds
         )
@@ -303,6 +306,7 @@ async def run(url: str, seconds: float, storage: Path) -> None:
             f"  -> provider / raw p50: {p50_ratio:.2f}x (goal <= 3x); "
             f"without the empty-page floor: {(listed_result.p50 - floor.p50) / raw_listed.p50:.2f}x"
         )
+        print(f"  load average at end: {os.getloadavg()[0]:.1f}")
     finally:
         await raw.aclose()
         await provider.aclose()
