@@ -44,6 +44,7 @@ __all__ = [
     "ConflictError",
     "DomainVerificationError",
     "IdempotencyConflictError",
+    "IdempotencyKeyTaken",
     "InvalidInputError",
     "InviteLinkError",
     "KiiarenError",
@@ -427,3 +428,20 @@ def error_from_wire(
 def is_kiiaren_error(value: object) -> bool:
     """True for any error raised on purpose by the SDK (the reference's ``isKiiarenError``)."""
     return isinstance(value, KiiarenError)
+
+
+class IdempotencyKeyTaken(Exception):  # noqa: N818 - a signal between layers, not an error
+    """Internal: the ``Idempotency-Key`` an operation was bound to is already recorded.
+
+    Raised by a store's effect-bound claim (see
+    :class:`kiiaren_core.protocols.EffectBoundIdempotencyStore`) from the operation's first
+    write transaction, which it rolls back: the operation had no effect. The hosting server
+    catches it and answers from the existing record (replay, or a 409). Deliberately *not* a
+    :class:`KiiarenError`, so no domain code turns it into an answer of its own; it never
+    crosses the wire.
+    """
+
+    def __init__(self, principal: str, key: str) -> None:
+        super().__init__("This Idempotency-Key is already recorded.")
+        self.principal = principal
+        self.key = key

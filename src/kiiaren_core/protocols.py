@@ -24,6 +24,7 @@ or transfer ownership), ``admin``, ``member``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -83,9 +84,11 @@ __all__ = [
     "DocStore",
     "DomainStore",
     "Download",
+    "EffectBoundIdempotencyStore",
     "EventCallback",
     "EventStream",
     "EventsProvider",
+    "IdempotencyBinding",
     "IdempotencyStore",
     "IdempotentReplay",
     "InviteStore",
@@ -857,6 +860,48 @@ class IdempotencyStore(Protocol):
 
     async def release(self, principal: str, key: str) -> None:
         """Forget a claim whose request failed in a way worth retrying (5xx)."""
+        ...
+
+
+@runtime_checkable
+class IdempotencyBinding(Protocol):
+    """What became of a key bound to an operation (see :class:`EffectBoundIdempotencyStore`).
+
+    ``recorded`` is true once the key was recorded in a transaction that committed, that is,
+    once the operation's effect (its first write transaction) committed. False: nothing of
+    the operation was written under the key (it wrote nothing, or its first write rolled
+    back, or that transaction's outcome is unknown), and nothing is stored for it.
+    """
+
+    @property
+    def recorded(self) -> bool: ...
+
+
+@runtime_checkable
+class EffectBoundIdempotencyStore(IdempotencyStore, Protocol):
+    """Optional: a store that records a key *in the operation's own first write transaction*.
+
+    The key then commits if and only if the effect commits: a crash or an outage between
+    the two cannot leave a claimed key without an effect, nor an effect without its key.
+    The hosting server runs an operation inside :meth:`bound`; afterwards, when
+    ``binding.recorded``, it stores the answer with :meth:`IdempotencyStore.complete` and
+    never releases the key (the effect happened). When the key is already recorded, the
+    operation's first write raises :class:`~kiiaren_core.errors.IdempotencyKeyTaken` (and
+    rolls back); the server then reads the record through :meth:`IdempotencyStore.claim`.
+
+    A recorded key without an answer means "carried out, answer not stored (yet)": it is
+    never taken to be abandoned; past the in-flight lease ``claim`` refuses it with
+    ``409 idempotency_conflict`` (``details["reason"] == "answer_unavailable"``).
+    """
+
+    def bound(
+        self, principal: str, key: str, fingerprint: str, *, ttl_seconds: float
+    ) -> AbstractAsyncContextManager[IdempotencyBinding]:
+        """Bind ``key`` to the operation run inside the block (in this task's context).
+
+        Raises (from the operation's first write transaction, not from entering):
+            IdempotencyKeyTaken: the key is already recorded; the operation had no effect.
+        """
         ...
 
 

@@ -1,14 +1,27 @@
 """``Idempotency-Key`` records in the self-host database, shared by every server process.
 
-The :class:`~kiiaren_core.protocols.IdempotencyStore` of the self-host provider
+The :class:`~kiiaren_core.protocols.EffectBoundIdempotencyStore` of the self-host provider
 (``provider.idempotency``), over the ``idempotency_keys`` table: one row per
 ``(principal, key)`` holding the request's fingerprint, and once the request finished, its
-status and body (``status_code`` NULL while it runs).
+status and body (``status_code`` NULL until then).
 
-* Claiming is one write transaction: an expired record (or an abandoned claim, older than the
-  in-flight lease) is deleted, then ``INSERT .. ON CONFLICT DO NOTHING .. RETURNING`` decides
-  who runs. A loser reads the winner's row (PostgreSQL makes it wait for the winner's commit;
-  SQLite serialises writers), so of concurrent duplicates exactly one proceeds.
+* Bound (what the bundled server uses): :meth:`SelfHostIdempotencyStore.bound` makes the
+  operation's first write transaction record the key as its first statement
+  (:mod:`kiiaren_selfhost.db.pending_claim`; ``effect_bound`` true), so the key commits if
+  and only if the effect does. A key already recorded raises
+  :class:`~kiiaren_core.errors.IdempotencyKeyTaken` there, rolling the operation back. Costs
+  one statement inside a transaction the operation opens anyway, instead of two transactions
+  of its own.
+* A bound row without an answer means "the effect committed, its answer is not stored
+  (yet)": it is never deleted as abandoned and never run again. :meth:`claim` answers it as
+  in progress during the in-flight lease, and afterwards with ``409 idempotency_conflict``,
+  ``details["reason"] == "answer_unavailable"`` (the answer was lost: the client should look
+  the result up). Only expiry (``expires_at``) removes it.
+* Claimed (the plain :class:`~kiiaren_core.protocols.IdempotencyStore` path): one write
+  transaction of its own. An expired record, or an abandoned claim of this kind (older than
+  the in-flight lease), is deleted, then ``INSERT .. ON CONFLICT DO NOTHING .. RETURNING``
+  decides who runs. A loser reads the winner's row (PostgreSQL makes it wait for the winner's
+  commit; SQLite serialises writers), so of concurrent duplicates exactly one proceeds.
 * The table keeps no content type: the bundled server only stores JSON answers (or empty
   ones), replayed as ``application/json``.
 * Expired records are deleted by :meth:`SelfHostIdempotencyStore.prune`, which claiming runs
@@ -18,6 +31,8 @@ status and body (``status_code`` NULL while it runs).
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import Final
 
@@ -25,9 +40,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from kiiaren_core.errors import IdempotencyConflictError
-from kiiaren_core.protocols import IdempotentReplay
+from kiiaren_core.protocols import IdempotencyBinding, IdempotentReplay
 from kiiaren_selfhost.clock import utcnow
-from kiiaren_selfhost.db import Database
+from kiiaren_selfhost.db import Database, pending_claim
 from kiiaren_selfhost.db import tables as t
 
 __all__ = ["SelfHostIdempotencyStore"]
@@ -35,6 +50,10 @@ __all__ = ["SelfHostIdempotencyStore"]
 _ik = t.idempotency_keys
 _PRUNE_BATCH: Final = 1_000
 _CLAIM_ATTEMPTS: Final = 3
+ANSWER_UNAVAILABLE_MESSAGE: Final = (
+    "This request was already carried out, but its answer was lost; "
+    "look the result up instead of retrying."
+)
 
 
 def _describe(fingerprint: str) -> tuple[str, str]:
@@ -49,8 +68,10 @@ class SelfHostIdempotencyStore:
 
     Args:
         db: the provider's database.
-        in_flight_timeout_seconds: a claim whose request has not finished after this long is
-            taken to be abandoned (its process died mid-request) and may be claimed again.
+        in_flight_timeout_seconds: a claim made outside the operation's transaction whose
+            request has not finished after this long is taken to be abandoned (its process
+            died mid-request) and may be claimed again. A bound record (effect committed)
+            without an answer is instead refused as ``answer_unavailable`` after this long.
         prune_interval_seconds: how often claiming also deletes expired records.
     """
 
@@ -69,6 +90,31 @@ class SelfHostIdempotencyStore:
     def _insert(self) -> postgresql.Insert | sqlite.Insert:
         return (postgresql.insert if self._db.dialect_name == "postgresql" else sqlite.insert)(_ik)
 
+    def bound(
+        self, principal: str, key: str, fingerprint: str, *, ttl_seconds: float
+    ) -> AbstractAsyncContextManager[IdempotencyBinding]:
+        """Record ``key`` in the first write transaction of the operation run in the block.
+
+        See :meth:`kiiaren_core.protocols.EffectBoundIdempotencyStore.bound`. The binding's
+        ``recorded`` is true once that transaction committed. Nesting is not supported: an
+        inner binding replaces the outer one for its block.
+        """
+        method, path = _describe(fingerprint)
+        claim = pending_claim.PendingClaim(
+            principal, key, fingerprint, method, path, ttl_seconds, self._lease
+        )
+        return self._binding(claim)
+
+    @asynccontextmanager
+    async def _binding(
+        self, claim: pending_claim.PendingClaim
+    ) -> AsyncIterator[pending_claim.PendingClaim]:
+        token = pending_claim.pending.set(claim)
+        try:
+            yield claim
+        finally:
+            pending_claim.pending.reset(token)
+
     async def claim(
         self, principal: str, key: str, fingerprint: str, *, ttl_seconds: float
     ) -> IdempotentReplay | None:
@@ -80,8 +126,9 @@ class SelfHostIdempotencyStore:
 
         Raises:
             IdempotencyConflictError: the key holds another fingerprint
-                (``details["reason"] == "different_request"``) or its request is still
-                running (``"in_progress"``).
+                (``details["reason"] == "different_request"``), its request is still
+                running (``"in_progress"``), or it was carried out with its effect but its
+                answer was lost (``"answer_unavailable"``, once the in-flight lease passed).
             BackendUnavailableError: the database cannot be reached.
         """
         if time.monotonic() >= self._next_prune:
@@ -97,8 +144,11 @@ class SelfHostIdempotencyStore:
                         *slot,
                         sa.or_(
                             _ik.c.expires_at <= now,
+                            # Never a bound row: its effect committed.
                             sa.and_(
-                                _ik.c.status_code.is_(None), _ik.c.created_at <= now - self._lease
+                                _ik.c.status_code.is_(None),
+                                sa.not_(_ik.c.effect_bound),
+                                _ik.c.created_at <= now - self._lease,
                             ),
                         ),
                     )
@@ -123,9 +173,13 @@ class SelfHostIdempotencyStore:
                     return None
                 row = (
                     await conn.execute(
-                        sa.select(_ik.c.request_hash, _ik.c.status_code, _ik.c.response_body).where(
-                            *slot
-                        )
+                        sa.select(
+                            _ik.c.request_hash,
+                            _ik.c.status_code,
+                            _ik.c.response_body,
+                            _ik.c.effect_bound,
+                            _ik.c.created_at,
+                        ).where(*slot)
                     )
                 ).one_or_none()
             if row is None:
@@ -133,6 +187,10 @@ class SelfHostIdempotencyStore:
             if row.request_hash != fingerprint:
                 raise IdempotencyConflictError(details={"reason": "different_request"})
             if row.status_code is None:
+                if row.effect_bound and row.created_at <= now - self._lease:
+                    raise IdempotencyConflictError(
+                        ANSWER_UNAVAILABLE_MESSAGE, details={"reason": "answer_unavailable"}
+                    )
                 break
             return IdempotentReplay(status_code=row.status_code, body=row.response_body or "")
         raise IdempotencyConflictError(
@@ -150,11 +208,15 @@ class SelfHostIdempotencyStore:
             )
 
     async def release(self, principal: str, key: str) -> None:
-        """Forget a claim whose request failed in a retryable way (a stored answer stays)."""
+        """Forget a claim whose request failed in a retryable way (a stored answer stays, and
+        so does a bound record: its effect committed)."""
         async with self._db.write() as conn:
             await conn.execute(
                 _ik.delete().where(
-                    _ik.c.principal == principal, _ik.c.key == key, _ik.c.status_code.is_(None)
+                    _ik.c.principal == principal,
+                    _ik.c.key == key,
+                    _ik.c.status_code.is_(None),
+                    sa.not_(_ik.c.effect_bound),
                 )
             )
 

@@ -134,8 +134,8 @@ async def test_check_schema_on_empty_database_says_how_to_migrate(empty_url: str
 
 async def test_check_schema_behind(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     # Pretend this code ships a newer revision than the database's (known) one.
-    monkeypatch.setattr(migrate_module, "head_revision", lambda: "0003")
-    with pytest.raises(SchemaNotMigratedError, match=r"at revision 0002, older than") as caught:
+    monkeypatch.setattr(migrate_module, "head_revision", lambda: "0004")
+    with pytest.raises(SchemaNotMigratedError, match=r"at revision 0003, older than") as caught:
         await check_schema(db)
     assert MIGRATE_COMMAND in caught.value.message
 

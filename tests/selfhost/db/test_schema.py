@@ -39,7 +39,7 @@ EXPECTED_COLUMNS = {
     "events": "workspace_id seq id type actor_id payload created_at",
     "presence": "workspace_id user_id status last_seen_at",
     "idempotency_keys": "key principal method path request_hash status_code response_body "
-    "created_at expires_at",
+    "created_at expires_at effect_bound",
 }
 
 

@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from kiiaren_core.errors import BackendUnavailableError, ConfigurationError, ProviderClosedError
+from kiiaren_selfhost.db import pending_claim
 from kiiaren_selfhost.db._sqlite_driver import one_hop_dbapi
 from kiiaren_selfhost.db.errors import translate_db_errors
 
@@ -323,11 +324,23 @@ class Database:
                     options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
                 if options:
                     await conn.execution_options(**options)
-                async with conn.begin() as transaction:
-                    yield conn
-                    if not write and transaction.is_active:
-                        # Nothing to keep: ending a read with ROLLBACK is the cheaper, safer end.
-                        await transaction.rollback()
+                # A write may carry the operation's Idempotency-Key: recorded as its first
+                # statement, it commits with the effect or not at all (see pending_claim).
+                claim = pending_claim.take() if write else None
+                try:
+                    async with conn.begin() as transaction:
+                        if claim is not None:
+                            await pending_claim.record(conn, claim)
+                        yield conn
+                        if not write and transaction.is_active:
+                            # Nothing to keep: ending a read with ROLLBACK is the cheaper end.
+                            await transaction.rollback()
+                except BaseException:
+                    if claim is not None and not claim.taken:
+                        claim.held = False  # rolled back: the next write records it
+                    raise
+                if claim is not None:
+                    claim.recorded = True
         if deadline.cancelled_caught:
             raise BackendUnavailableError(
                 "The database did not answer in time. Try again shortly.", retry_after=1

@@ -519,6 +519,9 @@ idempotency_keys: Final = sa.Table(
     _text("response_body", nullable=True),
     _created_at(),
     _when("expires_at"),
+    # True: recorded in the operation's own transaction, so the effect committed; an
+    # unanswered row then means "answer lost", never "abandoned" (see idempotency.py).
+    _flag("effect_bound", default=False),
     sa.PrimaryKeyConstraint("principal", "key"),
     sa.Index(None, "expires_at"),
 )
