@@ -890,8 +890,9 @@ class EffectBoundIdempotencyStore(IdempotencyStore, Protocol):
     rolls back); the server then reads the record through :meth:`IdempotencyStore.claim`.
 
     A recorded key without an answer means "carried out, answer not stored (yet)": it is
-    never taken to be abandoned; past the in-flight lease ``claim`` refuses it with
-    ``409 idempotency_conflict`` (``details["reason"] == "answer_unavailable"``).
+    never taken to be abandoned; once the store stops expecting its answer, ``claim``
+    refuses it with ``409 idempotency_conflict``
+    (``details["reason"] == "answer_unavailable"``).
     """
 
     def bound(

@@ -21,9 +21,9 @@ Two ways to keep keys, chosen by the store:
   once) nor an effect without its key (a retry never repeats it). An operation that wrote
   nothing, or whose write rolled back, keeps nothing: its answer (a refusal, a 5xx) is not
   stored and a retry runs again. Once the effect committed the key is never released: the
-  answer is stored when storable, else the key stays without one, and after the in-flight
-  lease a repeat is refused with ``answer_unavailable`` ("carried out, answer lost: look the
-  result up") instead of being run again.
+  answer is stored when storable, else the key stays without one, and once the store stops
+  expecting it (15 s by default) a repeat is refused with ``answer_unavailable`` ("carried
+  out, answer lost: look the result up") instead of being run again.
 * Claimed (any other :class:`~kiiaren_core.protocols.IdempotencyStore`): claimed before the
   operation in a step of its own, then completed with the answer. Answers worth retrying are
   not kept: 5xx, 429 and interrupted requests release the key, so a retry runs again; a

@@ -8,8 +8,13 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
-from kiiaren_core.errors import IdempotencyConflictError
-from kiiaren_core.protocols import IdempotencyStore, IdempotentReplay, OperableProvider
+from kiiaren_core.errors import IdempotencyConflictError, IdempotencyKeyTaken
+from kiiaren_core.protocols import (
+    EffectBoundIdempotencyStore,
+    IdempotencyStore,
+    IdempotentReplay,
+    OperableProvider,
+)
 from kiiaren_selfhost import SelfHostProvider
 from kiiaren_selfhost.db import tables as t
 from kiiaren_selfhost.idempotency import SelfHostIdempotencyStore
@@ -153,3 +158,164 @@ async def test_method_and_path_are_kept_for_operators(
             )
         ).one()
     assert (row.method, row.path) == ("DELETE", "/v1/docs/1")
+
+
+# --- keys recorded with the effect (bound) ----------------------------------------------------
+
+
+async def record_count(provider: SelfHostProvider, k: str) -> int:
+    async with provider._runtime.db.read() as conn:
+        return int(
+            (
+                await conn.execute(sa.select(sa.func.count()).where(t.idempotency_keys.c.key == k))
+            ).scalar_one()
+        )
+
+
+async def an_effect(provider: SelfHostProvider) -> None:
+    """A write transaction standing for an operation's effect."""
+    async with provider._runtime.db.write() as conn:
+        await conn.execute(sa.select(1))
+
+
+async def test_the_store_binds_keys_to_effects(store: SelfHostIdempotencyStore) -> None:
+    assert isinstance(store, EffectBoundIdempotencyStore)
+
+
+async def test_a_bound_key_is_recorded_with_the_effect_and_replayed(
+    store: SelfHostIdempotencyStore, selfhost_provider: SelfHostProvider
+) -> None:
+    k, fp = key(), fingerprint()
+    async with store.bound("user:a", k, fp, ttl_seconds=TTL) as binding:
+        assert not binding.recorded
+        await an_effect(selfhost_provider)
+        assert binding.recorded
+        await an_effect(selfhost_provider)  # later writes of the operation leave the key be
+    await store.complete("user:a", k, ANSWER)
+    assert await store.claim("user:a", k, fp, ttl_seconds=TTL) == ANSWER
+    assert await record_count(selfhost_provider, k) == 1
+
+
+async def test_a_rolled_back_effect_leaves_no_record(
+    store: SelfHostIdempotencyStore, selfhost_provider: SelfHostProvider
+) -> None:
+    k, fp = key(), fingerprint()
+    async with store.bound("user:a", k, fp, ttl_seconds=TTL) as binding:
+        with pytest.raises(RuntimeError):
+            async with selfhost_provider._runtime.db.write():
+                raise RuntimeError("the effect fails")
+        assert not binding.recorded
+    assert await record_count(selfhost_provider, k) == 0
+    # Nothing happened, so the key is free: the same request runs.
+    assert await store.claim("user:a", k, fp, ttl_seconds=TTL) is None
+
+
+async def test_a_write_after_a_rolled_back_one_carries_the_key(
+    store: SelfHostIdempotencyStore, selfhost_provider: SelfHostProvider
+) -> None:
+    """An operation that retries its write internally stays keyed."""
+    k, fp = key(), fingerprint()
+    async with store.bound("user:a", k, fp, ttl_seconds=TTL) as binding:
+        with pytest.raises(RuntimeError):
+            async with selfhost_provider._runtime.db.write():
+                raise RuntimeError("first attempt fails")
+        await an_effect(selfhost_provider)
+        assert binding.recorded
+    assert await record_count(selfhost_provider, k) == 1
+
+
+async def test_reads_do_not_record_the_key(
+    store: SelfHostIdempotencyStore, selfhost_provider: SelfHostProvider
+) -> None:
+    k, fp = key(), fingerprint()
+    async with (
+        store.bound("user:a", k, fp, ttl_seconds=TTL) as binding,
+        selfhost_provider._runtime.db.read() as conn,
+    ):
+        await conn.execute(sa.select(1))
+    assert not binding.recorded
+    assert await record_count(selfhost_provider, k) == 0
+
+
+async def test_a_taken_key_rolls_the_effect_back(
+    store: SelfHostIdempotencyStore, selfhost_provider: SelfHostProvider
+) -> None:
+    k, fp = key(), fingerprint()
+    async with store.bound("user:a", k, fp, ttl_seconds=TTL):
+        await an_effect(selfhost_provider)
+    ran = False
+    async with store.bound("user:a", k, fp, ttl_seconds=TTL) as binding:
+        with pytest.raises(IdempotencyKeyTaken):
+            async with selfhost_provider._runtime.db.write():
+                ran = True
+    assert not ran
+    assert not binding.recorded
+    # A claimed-style key is taken the same way.
+    other = key()
+    assert await store.claim("user:a", other, fp, ttl_seconds=TTL) is None
+    async with store.bound("user:a", other, fp, ttl_seconds=TTL):
+        with pytest.raises(IdempotencyKeyTaken):
+            await an_effect(selfhost_provider)
+
+
+async def test_an_expired_record_is_replaced_by_a_bound_key(
+    store: SelfHostIdempotencyStore, selfhost_provider: SelfHostProvider
+) -> None:
+    k = key()
+    async with store.bound("user:a", k, fingerprint(), ttl_seconds=0.1):
+        await an_effect(selfhost_provider)
+    await anyio.sleep(0.2)
+    fp = fingerprint("new")
+    async with store.bound("user:a", k, fp, ttl_seconds=TTL) as binding:
+        await an_effect(selfhost_provider)
+    assert binding.recorded
+    await store.complete("user:a", k, ANSWER)
+    assert await store.claim("user:a", k, fp, ttl_seconds=TTL) == ANSWER
+
+
+async def test_concurrent_bound_duplicates_have_one_effect(
+    store: SelfHostIdempotencyStore, selfhost_provider: SelfHostProvider
+) -> None:
+    k, fp = key(), fingerprint()
+    outcomes: list[str] = []
+
+    async def attempt() -> None:
+        async with store.bound("user:a", k, fp, ttl_seconds=TTL) as binding:
+            try:
+                await an_effect(selfhost_provider)
+            except IdempotencyKeyTaken:
+                outcomes.append("taken")
+                return
+        outcomes.append("recorded" if binding.recorded else "lost")
+
+    async with anyio.create_task_group() as group:
+        for _ in range(10):
+            group.start_soon(attempt)
+    assert sorted(outcomes) == ["recorded"] + ["taken"] * 9
+    assert await record_count(selfhost_provider, k) == 1
+
+
+async def test_a_bound_key_without_answer_is_never_run_again(
+    selfhost_provider: SelfHostProvider,
+) -> None:
+    """The effect committed but its answer was never stored: in progress at first, then
+    answer_unavailable; never claimable, never released, never replaced by a bound key."""
+    store = SelfHostIdempotencyStore(
+        selfhost_provider._runtime.db, in_flight_timeout_seconds=0.1, answer_wait_seconds=0.3
+    )
+    k, fp = key(), fingerprint()
+    async with store.bound("user:a", k, fp, ttl_seconds=TTL):
+        await an_effect(selfhost_provider)
+    with pytest.raises(IdempotencyConflictError) as running:
+        await store.claim("user:a", k, fp, ttl_seconds=TTL)
+    assert running.value.details == {"reason": "in_progress"}
+    await store.release("user:a", k)
+    await anyio.sleep(0.4)  # past both the answer wait and the in-flight lease
+    with pytest.raises(IdempotencyConflictError) as lost:
+        await store.claim("user:a", k, fp, ttl_seconds=TTL)
+    assert lost.value.details == {"reason": "answer_unavailable"}
+    assert "look the result up" in lost.value.message
+    async with store.bound("user:a", k, fp, ttl_seconds=TTL):
+        with pytest.raises(IdempotencyKeyTaken):
+            await an_effect(selfhost_provider)
+    assert await record_count(selfhost_provider, k) == 1

@@ -14,9 +14,10 @@ status and body (``status_code`` NULL until then).
   of its own.
 * A bound row without an answer means "the effect committed, its answer is not stored
   (yet)": it is never deleted as abandoned and never run again. :meth:`claim` answers it as
-  in progress during the in-flight lease, and afterwards with ``409 idempotency_conflict``,
-  ``details["reason"] == "answer_unavailable"`` (the answer was lost: the client should look
-  the result up). Only expiry (``expires_at``) removes it.
+  in progress for ``answer_wait_seconds`` (the live request is storing its answer), and
+  afterwards with ``409 idempotency_conflict``, ``details["reason"] == "answer_unavailable"``
+  (the answer was lost with its process or connection: the client should look the result
+  up). Only expiry (``expires_at``) removes it.
 * Claimed (the plain :class:`~kiiaren_core.protocols.IdempotencyStore` path): one write
   transaction of its own. An expired record, or an abandoned claim of this kind (older than
   the in-flight lease), is deleted, then ``INSERT .. ON CONFLICT DO NOTHING .. RETURNING``
@@ -70,8 +71,13 @@ class SelfHostIdempotencyStore:
         db: the provider's database.
         in_flight_timeout_seconds: a claim made outside the operation's transaction whose
             request has not finished after this long is taken to be abandoned (its process
-            died mid-request) and may be claimed again. A bound record (effect committed)
-            without an answer is instead refused as ``answer_unavailable`` after this long.
+            died mid-request) and may be claimed again.
+        answer_wait_seconds: a bound record (its effect committed) still without an answer
+            after this long is refused as ``answer_unavailable`` rather than ``in_progress``.
+            Only the refusal's reason depends on it, never whether the request runs again
+            (it never does): it covers the live request's commit-to-answer step (render,
+            after-commit hooks, storing the answer) so that its duplicates are told to wait,
+            while a client whose answer died with a process or connection learns it soon.
         prune_interval_seconds: how often claiming also deletes expired records.
     """
 
@@ -80,10 +86,12 @@ class SelfHostIdempotencyStore:
         db: Database,
         *,
         in_flight_timeout_seconds: float = 300.0,
+        answer_wait_seconds: float = 15.0,
         prune_interval_seconds: float = 60.0,
     ) -> None:
         self._db = db
         self._lease = timedelta(seconds=in_flight_timeout_seconds)
+        self._answer_wait = timedelta(seconds=answer_wait_seconds)
         self._prune_interval = prune_interval_seconds
         self._next_prune = 0.0
 
@@ -128,7 +136,7 @@ class SelfHostIdempotencyStore:
             IdempotencyConflictError: the key holds another fingerprint
                 (``details["reason"] == "different_request"``), its request is still
                 running (``"in_progress"``), or it was carried out with its effect but its
-                answer was lost (``"answer_unavailable"``, once the in-flight lease passed).
+                answer was lost (``"answer_unavailable"``, once ``answer_wait_seconds`` passed).
             BackendUnavailableError: the database cannot be reached.
         """
         if time.monotonic() >= self._next_prune:
@@ -187,7 +195,7 @@ class SelfHostIdempotencyStore:
             if row.request_hash != fingerprint:
                 raise IdempotencyConflictError(details={"reason": "different_request"})
             if row.status_code is None:
-                if row.effect_bound and row.created_at <= now - self._lease:
+                if row.effect_bound and row.created_at <= now - self._answer_wait:
                     raise IdempotencyConflictError(
                         ANSWER_UNAVAILABLE_MESSAGE, details={"reason": "answer_unavailable"}
                     )
