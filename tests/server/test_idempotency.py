@@ -4,6 +4,7 @@ failures released, durable records shared by server processes, the in-process fa
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from kiiaren_core.protocols import (
     OperableProvider,
 )
 from kiiaren_selfhost import SelfHostProvider
+from kiiaren_selfhost.domain import _unit
 from kiiaren_selfhost.domain.messages import MessageStoreImpl
+from kiiaren_selfhost.idempotency import SelfHostIdempotencyStore
 from selfhost_server import InProcessIdempotencyStore, ServerSettings, create_app
 from tests.server.conftest import Account, LiveServer, asgi_client, serve
 
@@ -146,6 +149,70 @@ async def test_failures_worth_retrying_release_the_key(
     retried = await client.post(url, json=body, headers=keyed(account, key))
     assert retried.status_code == 201
     assert "idempotent-replayed" not in retried.headers
+    assert await count_messages(client, account, channel_id) == 1
+
+
+async def test_an_effect_rolled_back_keeps_no_key(
+    client: httpx.AsyncClient,
+    account: Account,
+    workspace: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A create whose transaction fails after its first statements (the key was recorded
+    there, then rolled back with the effect) leaves the key free: the retry runs."""
+    url = f"/v1/workspaces/{workspace['id']}/channels"
+    body = {"name": "rolled-back"}
+    key = secrets.token_urlsafe(16)
+    real = _unit.append_events
+
+    async def outage(*args: Any, **kwargs: Any) -> Any:
+        raise BackendUnavailableError(retry_after=1)
+
+    monkeypatch.setattr(_unit, "append_events", outage)
+    failed = await client.post(url, json=body, headers=keyed(account, key))
+    assert failed.status_code == 503
+    monkeypatch.setattr(_unit, "append_events", real)
+    created = await client.post(url, json=body, headers=keyed(account, key))
+    assert created.status_code == 201
+    assert "idempotent-replayed" not in created.headers
+    again = await client.post(url, json=body, headers=keyed(account, key))
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == created.json()
+
+
+async def test_a_lost_answer_is_never_run_again(
+    live_server: LiveServer,
+    client: httpx.AsyncClient,
+    account: Account,
+    workspace: dict[str, Any],
+    channel_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The effect committed but its answer was never stored (as when the process dies right
+    after the commit): repeats are refused, first as in progress, then as answer_unavailable,
+    and the message exists once."""
+    store = live_server.provider.idempotency
+    assert isinstance(store, SelfHostIdempotencyStore)
+
+    async def lost(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(store, "complete", lost)
+    monkeypatch.setattr(store, "_answer_wait", timedelta(seconds=2))
+    url = f"/v1/workspaces/{workspace['id']}/messages"
+    body = {"body": "answer lost", "channel_id": channel_id}
+    key = secrets.token_urlsafe(16)
+    assert (await client.post(url, json=body, headers=keyed(account, key))).status_code == 201
+    waiting = await client.post(url, json=body, headers=keyed(account, key))
+    assert waiting.status_code == 409
+    assert waiting.json()["error"]["details"] == {"reason": "in_progress"}
+    await anyio.sleep(2.1)
+    lost_answer = await client.post(url, json=body, headers=keyed(account, key))
+    assert lost_answer.status_code == 409
+    error = lost_answer.json()["error"]
+    assert error["code"] == "idempotency_conflict"
+    assert error["details"] == {"reason": "answer_unavailable"}
+    assert "look the result up" in error["message"]
     assert await count_messages(client, account, channel_id) == 1
 
 
