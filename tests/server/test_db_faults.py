@@ -45,9 +45,6 @@ LIVENESS_BOUND = 10.0
 """Seconds any single answer may take, outage or not (a liveness bound, not performance)."""
 KEY_GIVE_UP = 30.0
 """Seconds a writer keeps retrying one key before the test fails."""
-LOCKOUT_GRACE = 2.0
-"""Seconds of ``409 in_progress`` answers after which a raw writer records its key as locked
-out (the known bug) and moves on to the next key."""
 
 
 @pytest.fixture
@@ -97,7 +94,7 @@ class Ledger:
     acknowledged: dict[str, str] = field(default_factory=dict)  # marker -> message id
     attempted: set[str] = field(default_factory=set)  # every marker sent at least once
     gave_up: list[str] = field(default_factory=list)
-    locked_out: list[str] = field(default_factory=list)  # keys refused as in progress
+    answer_lost: list[str] = field(default_factory=list)  # carried out, answer lost
 
     def record(self, who: str, response: httpx.Response | None, seconds: float) -> None:
         if response is None:
@@ -135,13 +132,15 @@ async def _timed(
     return response, None
 
 
-def _in_progress(response: httpx.Response | None) -> bool:
+def _answer_unavailable(response: httpx.Response | None) -> bool:
+    """``409 answer_unavailable``: the create committed, but its answer was lost (only when
+    a COMMIT's acknowledgement died with the database: rare, and never a second row)."""
     if response is None or response.status_code != 409:
         return False
     with contextlib.suppress(ValueError, KeyError, TypeError):
         error = response.json()["error"]
         return bool(error["code"] == "idempotency_conflict") and bool(
-            error["details"].get("reason") == "in_progress"
+            error["details"].get("reason") == "answer_unavailable"
         )
     return False
 
@@ -167,7 +166,6 @@ async def raw_writer(
         headers = {**auth, "Idempotency-Key": f"{marker}-key"}
         ledger.attempted.add(marker)
         deadline = time.monotonic() + KEY_GIVE_UP
-        locked_since = 0.0
         while True:
             response, _ = await _timed(
                 ledger,
@@ -180,14 +178,9 @@ async def raw_writer(
             if time.monotonic() > deadline:
                 ledger.gave_up.append(marker)
                 return
-            if _in_progress(response):
-                # KNOWN BUG (see test_a_key_interrupted_by_the_outage_can_be_retried): a key
-                # whose request was running when the database died stays claimed for the
-                # in-flight lease (300 s). Give such a key up after a grace period.
-                locked_since = locked_since or time.monotonic()
-                if time.monotonic() - locked_since > LOCKOUT_GRACE:
-                    ledger.locked_out.append(marker)
-                    break
+            if _answer_unavailable(response):
+                ledger.answer_lost.append(marker)  # checked: its row exists, once
+                break
             # Sooner than Retry-After (1 s) on purpose: more requests land in the outage.
             await anyio.sleep(0.1)
 
@@ -218,8 +211,10 @@ async def hosted_writer(
                 ledger.answers.append(
                     Answer("hosted", exc.http_status, time.monotonic() - started, code=exc.code)
                 )
-                if isinstance(exc, IdempotencyConflictError):
-                    ledger.locked_out.append(marker)  # the known bug, as for raw writers
+                if isinstance(exc, IdempotencyConflictError) and (
+                    exc.details.get("reason") == "answer_unavailable"
+                ):
+                    ledger.answer_lost.append(marker)  # as for raw writers
                     continue
                 ledger.gave_up.append(marker)
                 return
@@ -367,8 +362,8 @@ def check(ledger: Ledger, stored: Stored, *, writers: int, crashes: int) -> None
     assert slowest < LIVENESS_BOUND, f"an answer took {slowest:.1f} s"
     transport = [answer for answer in ledger.answers if answer.status is None]
     assert not transport, f"transport failures (the server must answer): {transport[:5]}"
-    # Only success, or 503 with Retry-After; never a 500 or any other refusal (but the
-    # known in-progress lockout of keys that were running at the crash).
+    # Only success, or 503 with Retry-After; never a 500 or any other refusal (but a
+    # duplicate told to wait for, or that lost, the answer of a create that committed).
     statuses = Counter((answer.who.split("-")[0], answer.status) for answer in ledger.answers)
     unexpected = [
         answer
@@ -377,8 +372,9 @@ def check(ledger: Ledger, stored: Stored, *, writers: int, crashes: int) -> None
         and not (answer.status == 409 and answer.code == "idempotency_conflict")
     ]
     assert not unexpected, f"unexpected answers {statuses}: {unexpected[:10]}"
-    # At most one request per writer was running when the database died, per crash.
-    assert len(ledger.locked_out) <= writers * crashes, ledger.locked_out
+    # A lost answer needs a COMMIT acknowledgement lost at the crash: at most one request
+    # per writer was committing then.
+    assert len(ledger.answer_lost) <= writers * crashes, ledger.answer_lost
     no_retry_after = [
         answer
         for answer in ledger.answers
@@ -394,8 +390,10 @@ def check(ledger: Ledger, stored: Stored, *, writers: int, crashes: int) -> None
         body = message_body(marker)
         assert stored.bodies[body] == 1, f"{marker}: {stored.bodies[body]} rows"
         assert stored.ids_by_body[body] == message_id
-    # Exactly once: no marker (attempted by anyone, locked out or not) has two rows; nothing
-    # unknown was stored.
+    # A key refused as answer_unavailable was carried out: its row is there, once.
+    for marker in ledger.answer_lost:
+        assert stored.bodies[message_body(marker)] == 1, f"{marker}: answer lost, no row"
+    # Exactly once: no marker (attempted by anyone) has two rows; nothing unknown was stored.
     ours = {message_body(marker) for marker in ledger.attempted}
     duplicated = {body: count for body, count in stored.bodies.items() if count > 1}
     assert not duplicated, f"duplicate rows: {duplicated}"
@@ -407,7 +405,7 @@ def check(ledger: Ledger, stored: Stored, *, writers: int, crashes: int) -> None
     assert set(stored.created_events.values()) == {1}
     logger.info(  # shown on failure: what the run went through
         f"answers {dict(statuses)}; slowest {slowest:.2f} s; acknowledged "
-        f"{len(ledger.acknowledged)}; locked out {len(ledger.locked_out)}; "
+        f"{len(ledger.acknowledged)}; answer lost {len(ledger.answer_lost)}; "
         f"events {len(stored.seqs)}"
     )
 
@@ -450,6 +448,7 @@ def _blocked_on_a_lock(pg: PostgresInstance) -> bool:
     return bool(row and row[0])
 
 
+@pytest.mark.postgres
 async def test_a_key_interrupted_by_the_outage_can_be_retried(
     private_pg: PostgresInstance, tmp_path: Path
 ) -> None:
@@ -458,12 +457,8 @@ async def test_a_key_interrupted_by_the_outage_can_be_retried(
     message exactly once.
 
     Deterministic: the workspace's event-stream row is locked from another connection, so
-    the create waits inside its transaction (its key already claimed) when PostgreSQL is
-    killed. The last step fails today and is reported as an expected failure: the claim is
-    committed in a transaction of its own and released in another one, which cannot run
-    while the database is down, so the key answers ``409 idempotency_conflict``
-    (``in_progress``) until the in-flight lease lapses (300 s), and a client cannot finish
-    its create. Not marked ``postgres``: the CI gate counts expected failures as skips.
+    the create waits inside its transaction (its key recorded there, uncommitted) when
+    PostgreSQL is killed. The key dies with the transaction, so the retry runs at once.
     """
     import psycopg
 
@@ -505,12 +500,8 @@ async def test_a_key_interrupted_by_the_outage_can_be_retried(
 
             await anyio.to_thread.run_sync(private_pg.start)
             retried = await http.post(path, json=body, headers=headers)
-            if retried.status_code == 409:
-                pytest.xfail(
-                    "known bug: a key claimed by a request the outage interrupted stays "
-                    f"'in progress' after the database is back: {retried.text}"
-                )
             assert retried.status_code == 201, retried.text
+            assert "idempotent-replayed" not in retried.headers
             replayed = await http.post(path, json=body, headers=headers)
             assert replayed.status_code == 201
             assert replayed.json()["id"] == retried.json()["id"]
