@@ -30,6 +30,7 @@ SQLite needs care that PostgreSQL does not:
 from __future__ import annotations
 
 import math
+import select
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, Self
@@ -64,6 +65,10 @@ _READ_ONLY_OPTION: Final = "kiiaren_read_only"
 """True: the transaction runs with ``PRAGMA query_only`` so a stray write fails loudly."""
 _QUERY_ONLY_INFO: Final = "kiiaren_query_only"
 """Key in the DBAPI connection's info dict: the connection's current ``query_only`` state."""
+
+_FIRST_ANSWER: Final = "kiiaren_first_answer"
+"""Key in the DBAPI connection's info dict (PostgreSQL): the :class:`_FirstAnswer` of the
+transaction on it, until its first statement answered."""
 
 _SUPPORTED = "postgresql+psycopg://user:password@host:5432/dbname or sqlite+aiosqlite:///path.db"
 
@@ -121,8 +126,9 @@ def create_engine(url: str | URL, *, pool_size: int = 10, timeout: float = 10.0)
         timeout: Seconds to wait for a connection from the pool, to connect to PostgreSQL, or
             for SQLite's write lock (``busy_timeout``).
 
-    PostgreSQL: ``pool_pre_ping`` (a dead pooled connection is replaced, not handed out),
-    connect timeout, ``application_name=kiiaren-selfhost`` (both unless the URL sets them).
+    PostgreSQL: a pooled connection the server closed is replaced at checkout, not handed
+    out (without a ping's round trip: see :func:`_drop_closed_connections`), connect
+    timeout, ``application_name=kiiaren-selfhost`` (both unless the URL sets them).
 
     SQLite: ``foreign_keys=ON``, ``busy_timeout``, WAL and ``synchronous=NORMAL`` for files,
     ``StaticPool`` for ``:memory:``, and SQLAlchemy's documented fix for the driver's broken
@@ -145,14 +151,17 @@ def _create_engine(
             connect_args["connect_timeout"] = max(2, math.ceil(timeout))
         if "application_name" not in parsed.query:
             connect_args["application_name"] = "kiiaren-selfhost"
-        return create_async_engine(
+        engine = create_async_engine(
             parsed,
             pool_size=pool_size,
             max_overflow=0,
             pool_timeout=timeout,
-            pool_pre_ping=True,
             connect_args=connect_args,
         )
+        # No pool_pre_ping: its round trip was paid by every transaction. A checkout looks
+        # at the socket instead (no round trip); see _drop_closed_connections.
+        _drop_closed_connections(engine)
+        return engine
 
     memory = is_memory_url(parsed)
     # One thread hop per statement instead of SQLAlchemy's four (see _sqlite_driver).
@@ -167,6 +176,52 @@ def _create_engine(
         engine, busy_timeout_ms=int(timeout * 1000), wal=not memory, foreign_keys=foreign_keys
     )
     return engine
+
+
+def _drop_closed_connections(engine: AsyncEngine) -> None:
+    """Replace, at checkout, a pooled PostgreSQL connection the server has spoken on.
+
+    A server that restarts, or ends a backend (``pg_terminate_backend``, idle timeouts),
+    sends a FATAL message and closes the socket of every idle connection. An idle pooled
+    connection is otherwise silent (it never LISTENs and has no query running), so a
+    readable socket at checkout means the connection is, or may well be, gone: the pool is
+    told to connect afresh (:class:`~sqlalchemy.exc.DisconnectionError`, which also
+    invalidates the connections pooled before it). The check is one ``poll`` with no wait
+    and no round trip: what ``pool_pre_ping`` was for, without its cost on every transaction.
+    (Reading first would not settle it: the FATAL message can arrive before the end of the
+    stream, and a rare harmless parameter message only costs a reconnect.)
+
+    A connection lost without a word (a partition, a frozen server) is not detected here; its
+    first statement then fails or hits the transaction deadline, and the request answers
+    503 (see :mod:`kiiaren_selfhost.db.errors`), as it would after a ping that hung.
+    """
+
+    # A transaction's first statement is what tells a live pooled connection from one to a
+    # frozen server (the pre-ping used to): it must answer within ``timeout`` (see
+    # Database._first_answer_deadline).
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _on_statement(conn: sa.Connection, *args: Any) -> None:
+        hook = conn.info.get(_FIRST_ANSWER)
+        if hook is not None:
+            hook.started()
+
+    @event.listens_for(engine.sync_engine, "after_cursor_execute")
+    def _on_answer(conn: sa.Connection, *args: Any) -> None:
+        hook = conn.info.pop(_FIRST_ANSWER, None)
+        if hook is not None:
+            hook.answered()
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # A transaction that ran no statement leaves its hook behind: not for the next user.
+        record.info.pop(_FIRST_ANSWER, None)
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        poller = select.poll()
+        poller.register(dbapi_connection.driver_connection.pgconn.socket, select.POLLIN)
+        if poller.poll(0):
+            raise sa.exc.DisconnectionError("The server spoke on an idle pooled connection.")
 
 
 def _install_sqlite_listeners(
@@ -295,13 +350,51 @@ class Database:
         """
         return self._transaction(write=True)
 
+    def read_one(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for a read that is one statement (its own consistent snapshot).
+
+        PostgreSQL: the statement runs in autocommit, so it costs one round trip instead of
+        ``BEGIN``, the statement and ``ROLLBACK``. Statements run in it do not share a
+        snapshot: use :meth:`read` when the caller combines the results of several
+        (a follow-up statement that only tells *why* the first found nothing is fine).
+        Writing in it is a bug: nothing rolls it back. SQLite: the same as :meth:`read`
+        (its ``BEGIN`` costs no extra hop). Deadlines and errors as for :meth:`read`.
+
+        Raises:
+            ProviderClosedError: after :meth:`aclose`.
+            BackendUnavailableError: the database cannot be reached or did not answer in time.
+        """
+        if self._dialect_name != "postgresql":
+            return self._transaction(write=False)
+        return self._autocommit_read()
+
+    @asynccontextmanager
+    async def _autocommit_read(self) -> AsyncIterator[AsyncConnection]:
+        if self._closed:
+            raise ProviderClosedError("This database has been closed.")
+        # The deadlines of _transaction: ``timeout`` until the first answer, twice that after.
+        deadline = anyio.CancelScope(deadline=anyio.current_time() + self._timeout)
+        with deadline:
+            async with translate_db_errors(), self._engine.connect() as conn:
+                self._transaction_deadlines(conn, deadline)
+                # Switching psycopg to autocommit sends nothing; the pool switches it back
+                # when the connection returns, and its reset ROLLBACK is skipped by psycopg
+                # when no transaction is open.
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield conn
+        if deadline.cancelled_caught:
+            raise BackendUnavailableError(
+                "The database did not answer in time. Try again shortly.", retry_after=1
+            )
+
     @asynccontextmanager
     async def _transaction(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
         if self._closed:
             raise ProviderClosedError("This database has been closed.")
         lock = self._write_lock if write else self._read_lock
-        # PostgreSQL: deadlines on the checkout (pool wait, connect, pre-ping: ``timeout``)
-        # and on the transaction after it (twice that). A server that stopped answering (hung,
+        # PostgreSQL: deadlines on the checkout and the first answer (pool wait, connect,
+        # first statement: ``timeout``; there is no pre-ping) and on the transaction after
+        # it (twice that). A server that stopped answering (hung,
         # or a partition) keeps an open connection waiting forever: the kernel still
         # acknowledges, libpq has no read timeout, and statement_timeout is enforced by the
         # very server that hangs. Cancelled, psycopg closes the connection; the pool
@@ -313,7 +406,7 @@ class Database:
         with deadline:
             async with self._queue(lock), translate_db_errors(), self._engine.connect() as conn:
                 if postgres:
-                    deadline.deadline = anyio.current_time() + 2 * self._timeout
+                    self._transaction_deadlines(conn, deadline)
                 if self._dialect_name == "sqlite":
                     options: dict[str, Any] = (
                         {_WRITE_OPTION: True} if write else {_READ_ONLY_OPTION: True}
@@ -345,6 +438,18 @@ class Database:
             raise BackendUnavailableError(
                 "The database did not answer in time. Try again shortly.", retry_after=1
             )
+
+    def _transaction_deadlines(self, conn: AsyncConnection, deadline: anyio.CancelScope) -> None:
+        """Deadlines of a PostgreSQL transaction that has its connection: ``2 * timeout``,
+        except that its first statement must answer within ``timeout`` of being sent.
+
+        Without a pre-ping, the first statement is what finds a pooled connection to a
+        frozen server: it answers 503 within ``timeout``, as the ping did.
+        """
+        deadline.deadline = anyio.current_time() + 2 * self._timeout
+        conn.sync_connection.info[_FIRST_ANSWER] = _FirstAnswer(  # type: ignore[union-attr]
+            deadline, self._timeout
+        )
 
     @asynccontextmanager
     async def _exclusive_connection(self) -> AsyncIterator[AsyncConnection]:
@@ -390,3 +495,20 @@ class Database:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _FirstAnswer:
+    """Deadline hooks of one transaction's first statement (run by the engine's listeners)."""
+
+    __slots__ = ("_deadline", "_lifted", "_timeout")
+
+    def __init__(self, deadline: anyio.CancelScope, timeout: float) -> None:
+        self._deadline = deadline
+        self._timeout = timeout
+        self._lifted = deadline.deadline
+
+    def started(self) -> None:
+        self._deadline.deadline = min(self._lifted, anyio.current_time() + self._timeout)
+
+    def answered(self) -> None:
+        self._deadline.deadline = self._lifted
