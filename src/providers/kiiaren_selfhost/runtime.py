@@ -212,9 +212,11 @@ class Runtime:
         Hook failures are logged and never reach the caller: the write already happened.
         """
         if events:
+            # Other processes first: the NOTIFY is queued for the notifier's sender, which
+            # gets the one turn it needs to put it on the wire before a long local fan-out.
+            if self.notifier is not None and self.notifier.notify(events):
+                await asyncio.sleep(0)
             await self.broker.published(events)
-            if self.notifier is not None:
-                await self.notifier.notify(events)
         for audit in audits:
             try:
                 await self.hooks.audit.log(audit)
@@ -230,9 +232,9 @@ class Runtime:
 
     async def publish_ephemeral(self, event: EventEnvelope) -> None:
         """Deliver an event without seq here and, through NOTIFY, in the other processes."""
+        if self.notifier is not None and self.notifier.notify([event]):
+            await asyncio.sleep(0)  # on the wire before the local fan-out (see after_commit)
         self.broker.deliver_ephemeral(event)
-        if self.notifier is not None:
-            await self.notifier.notify([event])
 
     async def _remote_ephemeral(self, data: dict[str, Any]) -> None:
         event = parse_event(data)

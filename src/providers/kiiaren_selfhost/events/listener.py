@@ -5,7 +5,10 @@ After a commit, a process sends one ``NOTIFY kiiaren_events`` per workspace:
 themselves when they fit in a notification (PostgreSQL refuses 8000 bytes or more), else
 without ``"d"``. Ephemeral events travel whole: ``{"e": <event json>, "o": <origin>}``.
 NOTIFY is sent *after* commit on a separate statement: inside the writing transaction it would
-take a cluster-wide lock through commit and collapse concurrent writers (QUALITY.md).
+take a cluster-wide lock through commit and collapse concurrent writers (QUALITY.md). The
+writer does not wait for it either: :meth:`PgNotifier.notify` queues the payloads and one
+sender task per process sends whatever is queued in one statement (one round trip for a
+burst of commits), in queue order, so a workspace's notifications arrive in seq order.
 
 The receiving broker fans the carried events out at once when they follow what it has
 delivered (no read of the log: the round trip was most of the cross-process latency); after a
@@ -34,6 +37,17 @@ logger = logging.getLogger("kiiaren.selfhost.events")
 
 CHANNEL: Final = "kiiaren_events"
 _MAX_PAYLOAD: Final = 7_900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
+_MAX_QUEUED: Final = 10_000
+"""Payloads held while the database does not take them; the oldest go first beyond this (the
+receivers' poll reads what their notifications would have said)."""
+_FLUSH_SECONDS: Final = 5.0
+"""How long :meth:`PgNotifier.aclose` waits for the queue to be sent."""
+# One statement for a whole batch; pg_notify is volatile, so PostgreSQL calls it after the
+# ORDER BY, in queue order (and one transaction's notifications are delivered in order).
+_NOTIFY_BATCH: Final = (
+    "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) WITH ORDINALITY AS q(payload, n)"
+    " ORDER BY n"
+)
 
 
 def notification_payloads(events: Sequence[EventEnvelope], origin: str) -> list[str]:
@@ -84,34 +98,85 @@ class PgNotifier:
         self._on_ephemeral = on_ephemeral
         self._on_reconnect = on_reconnect
         self._send_conn: psycopg.AsyncConnection[Any] | None = None
-        self._send_lock = asyncio.Lock()
+        self._queued: list[str] = []
+        self._wakeup = asyncio.Event()  # set: the queue has payloads for the sender
+        self._drained = asyncio.Event()  # set: nothing queued and nothing being sent
+        self._drained.set()
+        self._sending = False
+        self._sender: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._listen_conn: psycopg.AsyncConnection[Any] | None = None
         self.connected = asyncio.Event()
 
     def start(self) -> None:
-        """Start listening in the background (idempotent)."""
+        """Start listening and the sender in the background (idempotent)."""
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(
                 self._listen_forever(), name="kiiaren-pg-listen"
             )
+        self._start_sender()
 
-    async def notify(self, events: Sequence[EventEnvelope]) -> None:
-        """Wake the other processes for ``events``; failures are logged (the poll covers)."""
+    def _start_sender(self) -> None:
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(
+                self._send_forever(), name="kiiaren-pg-notify"
+            )
+
+    def notify(self, events: Sequence[EventEnvelope]) -> bool:
+        """Queue the notifications of ``events`` for the sender task; never waits.
+
+        Returns True when the sender was idle and has just been woken: a caller about to do
+        long work without yielding (a large local fan-out) should yield once first, so the
+        NOTIFY goes on the wire before that work rather than after it. Failures to send are
+        logged by the sender (the other processes' poll catches up).
+        """
         payloads = notification_payloads(events, self._origin)
         if not payloads:
-            return
-        async with self._send_lock:
+            return False
+        self._queued.extend(payloads)
+        if len(self._queued) > _MAX_QUEUED:
+            dropped = len(self._queued) - _MAX_QUEUED
+            del self._queued[:dropped]
+            logger.warning("NOTIFY queue full; dropped the %d oldest notifications", dropped)
+        self._drained.clear()
+        idle = not self._sending and not self._wakeup.is_set()
+        self._wakeup.set()
+        self._start_sender()
+        return idle
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far was sent (or failed to send)."""
+        if self._sender is not None and not self._sender.done():
+            await self._drained.wait()
+
+    async def _send_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            self._sending = True
             try:
-                if self._send_conn is None or self._send_conn.closed:
-                    self._send_conn = await psycopg.AsyncConnection.connect(
-                        self._conninfo, autocommit=True, connect_timeout=5
-                    )
-                for payload in payloads:
-                    await self._send_conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
-            except psycopg.Error:
-                logger.warning("NOTIFY failed; other processes will catch up by polling")
-                await self._close_send()
+                while self._queued:
+                    batch, self._queued = self._queued, []
+                    await self._send(batch)
+            finally:
+                self._sending = False
+            if not self._wakeup.is_set():
+                self._drained.set()
+
+    async def _send(self, batch: list[str]) -> None:
+        try:
+            if self._send_conn is None or self._send_conn.closed:
+                self._send_conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=5
+                )
+            await self._send_conn.execute(_NOTIFY_BATCH, (CHANNEL, batch))
+        except (psycopg.Error, OSError) as error:
+            logger.warning(
+                "NOTIFY of %d notifications failed (%s); other processes will catch up by polling",
+                len(batch),
+                error,
+            )
+            await self._close_send()
 
     async def _close_send(self) -> None:
         if self._send_conn is not None:
@@ -161,8 +226,14 @@ class PgNotifier:
             await self._listen_conn.close()
 
     async def aclose(self) -> None:
-        """Stop listening and close both connections."""
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        """Send what is queued (waiting up to a few seconds), stop, close both connections."""
+        try:
+            async with asyncio.timeout(_FLUSH_SECONDS):
+                await self.flush()
+        except TimeoutError:
+            logger.warning("closing with %d notifications not sent", len(self._queued))
+        for task in (self._listener, self._sender):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._close_send()
