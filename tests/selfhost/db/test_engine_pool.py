@@ -9,15 +9,18 @@ transactional for the next user.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC
 
 import anyio
 import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from kiiaren_core.errors import BackendUnavailableError
-from kiiaren_selfhost.db import Database, new_id, tables
+from kiiaren_selfhost.db import Database, new_id, normalize_url, tables
+from kiiaren_selfhost.db.types import UTCDateTime, UUIDString, utcnow
 
 pytestmark = pytest.mark.anyio
 
@@ -130,3 +133,38 @@ async def test_read_one_on_sqlite_is_a_read(migrated_url: str) -> None:
         with pytest.raises(sa.exc.DBAPIError):  # query_only, as in read()
             async with db.read_one() as conn:
                 await conn.execute(rate_limits.insert().values(key=new_id(), window_start=0))
+
+
+async def test_ids_load_as_canonical_text_and_timestamps_as_utc(pg: Database) -> None:
+    key = new_id()
+    async with pg.write() as conn:
+        await conn.execute(
+            tables.instance_secrets.insert().values(name=key, value="v", created_at=utcnow())
+        )
+    async with pg.read_one() as conn:
+        row = (
+            await conn.execute(
+                sa.select(
+                    sa.cast(sa.literal(key.upper()), UUIDString()).label("id"),
+                    tables.instance_secrets.c.created_at,
+                ).where(tables.instance_secrets.c.name == key)
+            )
+        ).one()
+        raw = await conn.scalar(sa.text("SELECT gen_random_uuid()"))
+    assert row.id == key  # canonical: lowercase, dashed, a str
+    assert row.created_at.tzinfo is UTC
+    assert isinstance(raw, str)  # psycopg's own loading of uuid is text on our connections
+
+
+async def test_ids_are_strings_on_a_connection_without_the_text_loader(migrated_url: str) -> None:
+    if not migrated_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL")
+    engine = create_async_engine(normalize_url(migrated_url))
+    try:
+        async with engine.connect() as conn:
+            value = await conn.scalar(sa.select(sa.cast(sa.literal(new_id()), UUIDString())))
+            moment = await conn.scalar(sa.select(sa.cast(sa.func.now(), UTCDateTime())))
+    finally:
+        await engine.dispose()
+    assert isinstance(value, str)
+    assert moment.tzinfo is UTC

@@ -37,6 +37,7 @@ from typing import Any, Final, Self
 
 import anyio
 import sqlalchemy as sa
+from psycopg.types.string import TextLoader
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -127,8 +128,9 @@ def create_engine(url: str | URL, *, pool_size: int = 10, timeout: float = 10.0)
             for SQLite's write lock (``busy_timeout``).
 
     PostgreSQL: a pooled connection the server closed is replaced at checkout, not handed
-    out (without a ping's round trip: see :func:`_drop_closed_connections`), connect
-    timeout, ``application_name=kiiaren-selfhost`` (both unless the URL sets them).
+    out (without a ping's round trip: see :func:`_drop_closed_connections`); ``uuid``
+    columns load as text; connect timeout, ``application_name=kiiaren-selfhost`` and the
+    session time zone UTC (each unless the URL sets it).
 
     SQLite: ``foreign_keys=ON``, ``busy_timeout``, WAL and ``synchronous=NORMAL`` for files,
     ``StaticPool`` for ``:memory:``, and SQLAlchemy's documented fix for the driver's broken
@@ -151,6 +153,10 @@ def _create_engine(
             connect_args["connect_timeout"] = max(2, math.ceil(timeout))
         if "application_name" not in parsed.query:
             connect_args["application_name"] = "kiiaren-selfhost"
+        if "options" not in parsed.query:
+            # Timestamps then arrive with datetime.UTC as tzinfo: UTCDateTime returns them
+            # as they are instead of converting each from the server's zone.
+            connect_args["options"] = "-c TimeZone=UTC"
         engine = create_async_engine(
             parsed,
             pool_size=pool_size,
@@ -210,6 +216,12 @@ def _drop_closed_connections(engine: AsyncEngine) -> None:
         hook = conn.info.pop(_FIRST_ANSWER, None)
         if hook is not None:
             hook.answered()
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # uuid columns as text: the canonical string UUIDString returns, without building a
+        # uuid.UUID per value only to format it again (a page reads hundreds of ids).
+        dbapi_connection.driver_connection.adapters.register_loader("uuid", TextLoader)
 
     @event.listens_for(engine.sync_engine, "checkin")
     def _on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

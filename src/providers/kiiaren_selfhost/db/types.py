@@ -93,6 +93,10 @@ class UUIDString(sa.types.TypeDecorator[str]):
         return str(value)
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        if dialect.name == "postgresql":
+            # The engine loads uuid as text (kiiaren_selfhost.db.engine): the canonical
+            # string already. A uuid.UUID (a connection without that loader) is formatted.
+            return _text_id
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
         # SQLite holds the 32 lowercase hex digits this type bound: insert the hyphens
@@ -102,6 +106,12 @@ class UUIDString(sa.types.TypeDecorator[str]):
     @property
     def python_type(self) -> type[str]:
         return str
+
+
+def _text_id(value: str | uuid.UUID | None) -> str | None:
+    if value is None or value.__class__ is str:
+        return value
+    return str(value)
 
 
 def _hyphenate(value: str | None) -> str | None:
@@ -122,10 +132,10 @@ def hyphenate_id(value: str) -> str:
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
     """A timestamp stored in UTC and always returned as an aware UTC datetime.
 
-    PostgreSQL uses ``timestamp with time zone`` (returned in the session's time zone, then
-    converted). SQLite has no time zone support: the value is converted to UTC and stored
-    naive in SQLAlchemy's fixed-width ISO format, which sorts chronologically as text, and is
-    marked as UTC again when read.
+    PostgreSQL uses ``timestamp with time zone`` (returned in the session's time zone, UTC
+    on the engine's connections, else converted). SQLite has no time zone support: the value
+    is converted to UTC and stored naive in SQLAlchemy's fixed-width ISO format, which sorts
+    chronologically as text, and is marked as UTC again when read.
 
     Raises:
         ValueError: on bind, for a naive datetime.
@@ -150,6 +160,8 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if value is None:
             return None
         moment: datetime = value
+        if moment.tzinfo is UTC:  # PostgreSQL with the engine's session time zone
+            return moment
         if moment.tzinfo is None:
             return moment.replace(tzinfo=UTC)
         return moment.astimezone(UTC)
