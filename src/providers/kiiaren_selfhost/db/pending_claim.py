@@ -7,9 +7,10 @@ transaction's first statement (:func:`record`). The key therefore commits if and
 operation's effect commits: no crash, outage or lost acknowledgement can separate them.
 
 * Recorded: ``INSERT .. ON CONFLICT DO UPDATE .. WHERE <the old row is expired, or an
-  abandoned claim made outside a transaction> RETURNING``. No row back means the key is
-  held by a live record: :class:`~kiiaren_core.errors.IdempotencyKeyTaken` is raised, which
-  rolls the operation back. On PostgreSQL a concurrent duplicate's insert waits on the
+  abandoned claim made outside a transaction> RETURNING`` (one cached text statement). No
+  row back means the key is held by a live record:
+  :class:`~kiiaren_core.errors.IdempotencyKeyTaken` is raised, which rolls the operation
+  back. On PostgreSQL a concurrent duplicate's insert waits on the
   primary key until the first transaction ends; SQLite serialises writers. Either way, of
   concurrent duplicates exactly one has an effect.
 * The claim is held by one transaction at a time. If that transaction commits, the claim is
@@ -28,7 +29,6 @@ from datetime import timedelta
 from typing import Final
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kiiaren_core.errors import IdempotencyKeyTaken
@@ -78,6 +78,37 @@ def take() -> PendingClaim | None:
     return claim
 
 
+# Written as text: SQLAlchemy cannot cache an ``on_conflict_do_update`` construct with a
+# ``where`` (its cache key is None), so built as an expression it was compiled again on
+# every keyed request (~1 ms of CPU). The text is the same on both databases.
+_RECORD: Final = sa.text(
+    """
+    INSERT INTO idempotency_keys AS ik (
+        principal, "key", method, path, request_hash, status_code, response_body,
+        effect_bound, created_at, expires_at
+    ) VALUES (
+        :principal, :key, :method, :path, :request_hash, NULL, NULL,
+        TRUE, :created_at, :expires_at
+    )
+    ON CONFLICT (principal, "key") DO UPDATE SET
+        method = excluded.method, path = excluded.path,
+        request_hash = excluded.request_hash, status_code = NULL, response_body = NULL,
+        effect_bound = TRUE, created_at = excluded.created_at,
+        expires_at = excluded.expires_at
+    WHERE ik.expires_at <= :created_at
+       OR (ik.status_code IS NULL AND NOT ik.effect_bound
+           AND ik.created_at <= :abandoned_before)
+    RETURNING "key"
+    """
+).bindparams(
+    sa.bindparam("created_at", type_=_ik.c.created_at.type),
+    sa.bindparam("expires_at", type_=_ik.c.expires_at.type),
+    sa.bindparam("abandoned_before", type_=_ik.c.created_at.type),
+)
+"""Record a key, replacing only a record that no longer counts: an expired one, or a claim
+made outside a transaction whose request died before it finished (older than the lease)."""
+
+
 async def record(conn: AsyncConnection, claim: PendingClaim) -> None:
     """Record ``claim`` on ``conn`` (the first statement of its write transaction).
 
@@ -85,35 +116,19 @@ async def record(conn: AsyncConnection, claim: PendingClaim) -> None:
         IdempotencyKeyTaken: a live record holds the key (the caller rolls back).
     """
     now = utcnow()
-    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(_ik)
-    values = {
-        "request_hash": claim.fingerprint,
-        "method": claim.method,
-        "path": claim.path,
-        "status_code": None,
-        "response_body": None,
-        "effect_bound": True,
-        "created_at": now,
-        "expires_at": now + timedelta(seconds=claim.ttl_seconds),
-    }
-    statement = (
-        insert.values(principal=claim.principal, key=claim.key, **values)
-        .on_conflict_do_update(
-            index_elements=["principal", "key"],
-            set_=values,
-            # Only a record that no longer counts is replaced: an expired one, or a claim
-            # made outside a transaction whose request died before it finished.
-            where=sa.or_(
-                _ik.c.expires_at <= now,
-                sa.and_(
-                    _ik.c.status_code.is_(None),
-                    sa.not_(_ik.c.effect_bound),
-                    _ik.c.created_at <= now - claim.lease,
-                ),
-            ),
-        )
-        .returning(_ik.c.key)
+    recorded = await conn.execute(
+        _RECORD,
+        {
+            "principal": claim.principal,
+            "key": claim.key,
+            "method": claim.method,
+            "path": claim.path,
+            "request_hash": claim.fingerprint,
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=claim.ttl_seconds),
+            "abandoned_before": now - claim.lease,
+        },
     )
-    if (await conn.execute(statement)).first() is None:
+    if recorded.first() is None:
         claim.taken = True
         raise IdempotencyKeyTaken(claim.principal, claim.key)
