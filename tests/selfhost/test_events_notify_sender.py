@@ -66,16 +66,17 @@ async def test_bursts_arrive_in_order_without_the_writer_waiting(
     notifier = notifier_for(postgres_admin_url)
     workspaces = ["w-a", "w-b", "w-c"]
     try:
-        # Queued from many "writers" while earlier batches are in flight.
-        for seq in range(1, 61):
+        # Queued from many "writers" while earlier batches are in flight; 100 at once is
+        # more than one statement takes.
+        for seq in range(1, 151):
             notifier.notify([event(workspaces[seq % 3], seq)])
-            if seq % 7 == 0:
+            if seq >= 100 and seq % 7 == 0:
                 await anyio.lowlevel.checkpoint()
         await notifier.flush()
-        got = await received(listener, 60)
+        got = await received(listener, 150)
     finally:
         await notifier.aclose()
-    assert [message["s"] for message in got] == list(range(1, 61))
+    assert [message["s"] for message in got] == list(range(1, 151))
     for workspace in workspaces:
         seqs = [message["s"] for message in got if message["w"] == workspace]
         assert seqs == sorted(seqs)

@@ -42,12 +42,21 @@ _MAX_QUEUED: Final = 10_000
 receivers' poll reads what their notifications would have said)."""
 _FLUSH_SECONDS: Final = 5.0
 """How long :meth:`PgNotifier.aclose` waits for the queue to be sent."""
-# One statement for a whole batch; pg_notify is volatile, so PostgreSQL calls it after the
-# ORDER BY, in queue order (and one transaction's notifications are delivered in order).
-_NOTIFY_BATCH: Final = (
-    "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) WITH ORDINALITY AS q(payload, n)"
-    " ORDER BY n"
-)
+_BATCH_STATEMENTS: Final = 64
+"""Batch sizes whose statement text is kept; larger batches are sent in chunks of this."""
+
+
+def _notify_statement(size: int) -> str:
+    """One statement for ``size`` payloads; pg_notify is volatile, so PostgreSQL calls it
+    after the ORDER BY, in queue order (one transaction's notifications are delivered in
+    order). Payloads are plain text parameters: as a text[] array, psycopg escaped each
+    JSON payload with a regular expression, a cost per commit on the event loop."""
+    rows = ", ".join(f"({n}, %s::text)" for n in range(size))
+    # Only our constants and integers are formatted in; the payloads are parameters.
+    return f"SELECT pg_notify('{CHANNEL}', p) FROM (VALUES {rows}) AS q(n, p) ORDER BY n"  # noqa: S608
+
+
+_NOTIFY_STATEMENTS: Final = [_notify_statement(size) for size in range(_BATCH_STATEMENTS + 1)]
 
 
 def notification_payloads(events: Sequence[EventEnvelope], origin: str) -> list[str]:
@@ -169,7 +178,9 @@ class PgNotifier:
                 self._send_conn = await psycopg.AsyncConnection.connect(
                     self._conninfo, autocommit=True, connect_timeout=5
                 )
-            await self._send_conn.execute(_NOTIFY_BATCH, (CHANNEL, batch))
+            for start in range(0, len(batch), _BATCH_STATEMENTS):
+                chunk = batch[start : start + _BATCH_STATEMENTS]
+                await self._send_conn.execute(_NOTIFY_STATEMENTS[len(chunk)], chunk)
         except (psycopg.Error, OSError) as error:
             logger.warning(
                 "NOTIFY of %d notifications failed (%s); other processes will catch up by polling",
