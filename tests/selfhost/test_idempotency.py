@@ -16,6 +16,7 @@ from kiiaren_core.protocols import (
     OperableProvider,
 )
 from kiiaren_selfhost import SelfHostProvider
+from kiiaren_selfhost.db import pending_claim
 from kiiaren_selfhost.db import tables as t
 from kiiaren_selfhost.idempotency import SelfHostIdempotencyStore
 
@@ -319,3 +320,17 @@ async def test_a_bound_key_without_answer_is_never_run_again(
         with pytest.raises(IdempotencyKeyTaken):
             await an_effect(selfhost_provider)
     assert await record_count(selfhost_provider, k) == 1
+
+
+async def test_suspended_writes_leave_the_key_for_the_effect(
+    store: SelfHostIdempotencyStore, selfhost_provider: SelfHostProvider
+) -> None:
+    """Bookkeeping written before the effect (a rate-limit counter) does not carry the key."""
+    k, fp = key(), fingerprint()
+    async with store.bound("user:a", k, fp, ttl_seconds=TTL) as binding:
+        with pending_claim.suspended():
+            await an_effect(selfhost_provider)
+        assert not binding.recorded
+        assert await record_count(selfhost_provider, k) == 0
+        await an_effect(selfhost_provider)
+        assert binding.recorded

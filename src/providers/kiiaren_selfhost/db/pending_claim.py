@@ -23,6 +23,8 @@ operation's effect commits: no crash, outage or lost acknowledgement can separat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,7 +37,7 @@ from kiiaren_core.errors import IdempotencyKeyTaken
 from kiiaren_selfhost.clock import utcnow
 from kiiaren_selfhost.db import tables as t
 
-__all__ = ["PendingClaim", "pending", "record", "take"]
+__all__ = ["PendingClaim", "pending", "record", "suspended", "take"]
 
 _ik = t.idempotency_keys
 
@@ -76,6 +78,20 @@ def take() -> PendingClaim | None:
         return None
     claim.held = True
     return claim
+
+
+@contextmanager
+def suspended() -> Iterator[None]:
+    """Write transactions in the block leave the pending claim alone.
+
+    For bookkeeping that commits whatever the operation then does (a rate-limit counter):
+    recording the key with it would mark the operation carried out before its effect.
+    """
+    token = pending.set(None)
+    try:
+        yield
+    finally:
+        pending.reset(token)
 
 
 # Written as text: SQLAlchemy cannot cache an ``on_conflict_do_update`` construct with a
