@@ -19,6 +19,7 @@ from kiiaren_selfhost import SelfHostProvider
 from kiiaren_selfhost.db import pending_claim
 from kiiaren_selfhost.db import tables as t
 from kiiaren_selfhost.idempotency import SelfHostIdempotencyStore
+from kiiaren_selfhost.ratelimit import Limit, RateLimiter
 
 pytestmark = pytest.mark.anyio
 
@@ -330,6 +331,21 @@ async def test_suspended_writes_leave_the_key_for_the_effect(
     async with store.bound("user:a", k, fp, ttl_seconds=TTL) as binding:
         with pending_claim.suspended():
             await an_effect(selfhost_provider)
+        assert not binding.recorded
+        assert await record_count(selfhost_provider, k) == 0
+        await an_effect(selfhost_provider)
+        assert binding.recorded
+
+
+async def test_a_rate_limit_count_leaves_the_key_for_the_effect(
+    store: SelfHostIdempotencyStore, selfhost_provider: SelfHostProvider
+) -> None:
+    """The limiter's counter commits before the operation's effect and must not carry the key
+    (else a failed effect would leave the key recorded with nothing done)."""
+    k, fp = key(), fingerprint()
+    limiter = RateLimiter(selfhost_provider._runtime.db)
+    async with store.bound("user:a", k, fp, ttl_seconds=TTL) as binding:
+        await limiter.hit("bench", Limit(count=100, seconds=60), [("ip", "192.0.2.1")])
         assert not binding.recorded
         assert await record_count(selfhost_provider, k) == 0
         await an_effect(selfhost_provider)

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kiiaren_core.errors import RateLimitedError
-from kiiaren_selfhost.db import Database
+from kiiaren_selfhost.db import Database, pending_claim
 from kiiaren_selfhost.db import tables as t
 
 __all__ = ["Limit", "RateLimiter"]
@@ -58,8 +58,11 @@ class RateLimiter:
         names = [f"{action}:{kind}:{value}" for kind, value in keys if value]
         if not names or limit.count <= 0:
             return
-        async with self._db.write() as conn:
-            counts = [await self._increment(conn, name, window) for name in names]
+        # The counter commits whatever the operation then does: an Idempotency-Key pending
+        # for the operation must be recorded with its effect, not with this bookkeeping.
+        with pending_claim.suspended():
+            async with self._db.write() as conn:
+                counts = [await self._increment(conn, name, window) for name in names]
         if max(counts) > limit.count:
             retry_after = max(1, math.ceil(window + limit.seconds - now))
             raise RateLimitedError(
