@@ -321,12 +321,18 @@ class Store:
             yield Query(conn, user_id)
 
     @asynccontextmanager
-    async def session_query(self) -> AsyncIterator[SessionQuery]:
+    async def session_query(self, *, one_statement: bool = False) -> AsyncIterator[SessionQuery]:
         """A read unit of a signed-in caller whose statement checks the session itself
-        (see :class:`SessionCheck`); NotAuthenticatedError when signed out."""
+        (see :class:`SessionCheck`); NotAuthenticatedError when signed out.
+
+        ``one_statement``: the read is a single statement (its own snapshot), so it runs on
+        :meth:`Database.read_one` (on PostgreSQL without BEGIN and ROLLBACK); the session
+        check that may follow it only tells why it found nothing.
+        """
         await self._auth.ready()
         claims = await self._auth.claims()
-        async with self._rt.db.read() as conn:
+        unit = self._rt.db.read_one() if one_statement else self._rt.db.read()
+        async with unit as conn:
             check = SessionCheck(
                 claims.session_id, utcnow(), lambda: self._auth.principal(conn, claims)
             )

@@ -26,8 +26,6 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -58,7 +56,7 @@ from kiiaren_selfhost.db import tables as t
 from kiiaren_selfhost.db.types import hyphenate_id
 from kiiaren_selfhost.domain._access import Membership, as_id
 from kiiaren_selfhost.domain._content import attach_image, settle_upload
-from kiiaren_selfhost.domain._unit import Mutation, SessionCheck, SessionQuery, Store
+from kiiaren_selfhost.domain._unit import Mutation, Store
 from kiiaren_selfhost.domain._views import (
     MEMBER_COLUMNS,
     TrustedBuilder,
@@ -934,7 +932,7 @@ class MessageStoreImpl(Store):
         else:
             context, given = "conversation", conversation_id
         key = as_id(given)
-        async with self._page_query() as q:
+        async with self.session_query(one_statement=True) as q:
             if key is None:
                 await q.session.confirm()
                 return Page(items=())
@@ -974,20 +972,6 @@ class MessageStoreImpl(Store):
         return Page(
             items=tuple(items), cursor=_encode_cursor(last.created_at, last.id), has_more=True
         )
-
-    @asynccontextmanager
-    async def _page_query(self) -> AsyncIterator[SessionQuery]:
-        """:meth:`session_query` on :meth:`Database.read_one`: a page is one statement (its
-        own snapshot), so on PostgreSQL it runs without BEGIN and ROLLBACK. The session
-        check that may follow an empty page only tells why it is empty."""
-        await self._auth.ready()
-        claims = await self._auth.claims()
-        async with self._rt.db.read_one() as conn:
-            check = SessionCheck(
-                claims.session_id, utcnow(), lambda: self._auth.principal(conn, claims)
-            )
-            yield SessionQuery(conn, claims.user_id, check)
-            check.require_checked()
 
     async def get_by_id(self, message_id: str) -> Message | None:
         """The message with reactions and thread summary if the caller may read it, else
