@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Final, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from kiiaren_core.validation import JOIN_CODE_ALPHABET, JOIN_CODE_LENGTH
 
@@ -54,6 +54,7 @@ __all__ = [
     "SessionTokens",
     "StoredObject",
     "StreamPosition",
+    "TextDateTime",
     "ThreadSummary",
     "Unset",
     "UploadTicket",
@@ -65,6 +66,17 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+def _refuse_numbers(value: object) -> object:
+    if isinstance(value, int | float):
+        raise ValueError("expected an ISO 8601 date-time string, not a number")
+    return value
+
+
+TextDateTime = Annotated[datetime, BeforeValidator(_refuse_numbers)]
+"""A date-time given by a caller: ISO 8601 text (or a ``datetime``). Numbers are refused:
+the wire schema says ``string``, and pydantic would otherwise read them as Unix times."""
 
 
 class KiiarenModel(BaseModel):

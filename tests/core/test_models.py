@@ -401,3 +401,15 @@ def test_capabilities_round_trip() -> None:
     dumped = caps.model_dump(mode="json")
     assert Capabilities.model_validate(dumped) == caps
     assert isinstance(Capabilities.model_fields["limits"].default, BaseModel)
+
+
+@pytest.mark.parametrize("number", [0, 1_700_000_000, 1.5], ids=["zero", "unix", "float"])
+def test_caller_date_times_refuse_numbers(number: float) -> None:
+    """The wire says ``string`` for date-times; pydantic alone would read a number as a
+    Unix time (schemathesis found a 204 for ``"timestamp": 0``)."""
+    adapter: TypeAdapter[datetime] = TypeAdapter(models.TextDateTime)
+    with pytest.raises(ValidationError, match="ISO 8601"):
+        adapter.validate_python(number)
+    assert adapter.validate_python("2026-01-02T03:04:05Z") == datetime(
+        2026, 1, 2, 3, 4, 5, tzinfo=UTC
+    )

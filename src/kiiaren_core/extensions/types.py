@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from kiiaren_core.models import KiiarenModel
+from kiiaren_core.models import KiiarenModel, TextDateTime
 
 __all__ = [
     "AIMemory",
@@ -37,15 +37,15 @@ class AuditEvent(KiiarenModel):
     resource_id: str
     workspace_id: str
     metadata: dict[str, Any] = Field(default_factory=dict)
-    timestamp: datetime
+    timestamp: TextDateTime
 
 
 class AuditQueryParams(KiiarenModel):
     """Filter for ``audit.query``."""
 
     workspace_id: str
-    start_date: datetime
-    end_date: datetime
+    start_date: TextDateTime
+    end_date: TextDateTime
     actor_id: str | None = None
     action: str | None = None
     limit: int | None = Field(default=None, ge=1, le=1000)
@@ -111,7 +111,7 @@ class AIMemory(KiiarenModel):
     workspace_id: str
     key: str
     value: str
-    expires_at: datetime | None = None
+    expires_at: TextDateTime | None = None
 
 
 class PushNotification(KiiarenModel):
