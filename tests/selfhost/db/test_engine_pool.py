@@ -24,6 +24,16 @@ from kiiaren_selfhost.db.types import UTCDateTime, UUIDString, utcnow
 
 pytestmark = pytest.mark.anyio
 
+# Each test runs on the one database it is about (a skipped PostgreSQL variant would fail CI).
+ON_POSTGRES = pytest.mark.parametrize(
+    "migrated_url",
+    [pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+ON_SQLITE = pytest.mark.parametrize(
+    "migrated_url", [pytest.param("sqlite", id="sqlite")], indirect=True
+)
+
 rate_limits = tables.rate_limits
 BACKEND_PID = sa.text("SELECT pg_backend_pid()")
 # True when the statement is its own transaction: a BEGIN sent before it would have fixed
@@ -33,8 +43,6 @@ OWN_TRANSACTION = sa.text("SELECT now() = statement_timestamp()")
 
 @pytest.fixture
 async def pg(migrated_url: str) -> AsyncIterator[Database]:
-    if not migrated_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL pool behaviour")
     database = Database.from_url(migrated_url, pool_size=2, timeout=10.0)
     try:
         yield database
@@ -67,6 +75,7 @@ async def pooled_pids(db: Database) -> set[int]:
         return {int(await first.scalar(BACKEND_PID)), int(await second.scalar(BACKEND_PID))}
 
 
+@ON_POSTGRES
 async def test_ended_backends_are_replaced_at_checkout(pg: Database) -> None:
     before = await pooled_pids(pg)
     await terminate(pg, before)
@@ -80,6 +89,7 @@ async def test_ended_backends_are_replaced_at_checkout(pg: Database) -> None:
     assert after.isdisjoint(before)
 
 
+@ON_POSTGRES
 async def test_a_backend_ended_under_a_transaction_is_unavailable_then_recovers(
     pg: Database,
 ) -> None:
@@ -97,6 +107,7 @@ async def test_a_backend_ended_under_a_transaction_is_unavailable_then_recovers(
         assert int(await conn.scalar(BACKEND_PID)) not in pids
 
 
+@ON_POSTGRES
 async def test_read_one_runs_without_a_transaction(pg: Database) -> None:
     async with pg.read_one() as conn:
         assert await conn.scalar(OWN_TRANSACTION) is True
@@ -104,6 +115,7 @@ async def test_read_one_runs_without_a_transaction(pg: Database) -> None:
         assert await conn.scalar(OWN_TRANSACTION) is False
 
 
+@ON_POSTGRES
 async def test_a_connection_after_read_one_is_transactional_again(pg: Database) -> None:
     for _ in range(4):  # both pooled connections went through read_one
         async with pg.read_one() as conn:
@@ -126,15 +138,15 @@ async def test_a_connection_after_read_one_is_transactional_again(pg: Database) 
     assert found is None
 
 
+@ON_SQLITE
 async def test_read_one_on_sqlite_is_a_read(migrated_url: str) -> None:
-    if not migrated_url.startswith("sqlite"):
-        pytest.skip("SQLite")
     async with Database.from_url(migrated_url) as db:
         with pytest.raises(sa.exc.DBAPIError):  # query_only, as in read()
             async with db.read_one() as conn:
                 await conn.execute(rate_limits.insert().values(key=new_id(), window_start=0))
 
 
+@ON_POSTGRES
 async def test_ids_load_as_canonical_text_and_timestamps_as_utc(pg: Database) -> None:
     key = new_id()
     async with pg.write() as conn:
@@ -156,9 +168,8 @@ async def test_ids_load_as_canonical_text_and_timestamps_as_utc(pg: Database) ->
     assert isinstance(raw, str)  # psycopg's own loading of uuid is text on our connections
 
 
+@ON_POSTGRES
 async def test_ids_are_strings_on_a_connection_without_the_text_loader(migrated_url: str) -> None:
-    if not migrated_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL")
     engine = create_async_engine(normalize_url(migrated_url))
     try:
         async with engine.connect() as conn:
